@@ -1,0 +1,34 @@
+"""The batch contract between the OVPKL dataset (`sparse4d.data`) and the model (`sparse4d.model`).
+
+Sparse4D trains by streaming: slot ``b`` of consecutive batches holds consecutive frames of one
+sequence, so the instance bank can carry instances from one batch to the next. ``first_frame[b]`` says
+when slot ``b`` starts a new sequence and the bank must reset for it (never inferred from timestamps:
+AICity timestamps restart per scene).
+
+Keys of one collated batch (B sequences x N cameras, images at the model input size H x W):
+
+- ``img``: float32 (B, N, 3, H, W), normalised RGB.
+- ``projection_mat``: float32 (B, N, 4, 4). Maps a homogeneous world point [x, y, z, 1] (metres, in the
+  recentered scene frame) to [u*d, v*d, d, 1] where (u, v) are pixels of the *augmented* input image
+  and d the camera-frame depth. Equals K_aug(4x4) @ world_to_camera(4x4).
+- ``image_wh``: float32 (B, N, 2), width and height of the input images (after augmentation).
+- ``timestamp``: float64 (B,), seconds.
+- ``first_frame``: bool (B,), True where the slot starts a sequence.
+- ``gt_bboxes_3d``: list of B float32 tensors (M_b, 10): [x, y, z, w, l, h, yaw, vx, vy, vz] in the world
+  frame; (x, y, z) is the box centre, l is the extent along the heading, w across it, h vertical; yaw
+  is the heading angle about +z measured from +x.
+- ``gt_labels_3d``: list of B int64 tensors (M_b,), indices into ``dataset.classes``.
+- ``instance_ids``: list of B int64 tensors (M_b,), track ids unique within a scene.
+- ``gt_depth``: float32 (B, N, H, W), metres along the optical axis, 0 where unknown.
+- ``sample_token``: list of B str, unique per frame (``<scene>/<group>/<frame:06d>``).
+- ``scene``: list of B str.
+
+Anchors (``anchor_init.npy``) and model box outputs use the 11-value encoding
+[x, y, z, log w, log l, log h, sin yaw, cos yaw, vx, vy, vz].
+"""
+from __future__ import annotations
+
+BOX_X, BOX_Y, BOX_Z, BOX_W, BOX_L, BOX_H, BOX_YAW, BOX_VX, BOX_VY, BOX_VZ = range(10)
+ANCHOR_X, ANCHOR_Y, ANCHOR_Z, ANCHOR_W, ANCHOR_L, ANCHOR_H, ANCHOR_SIN, ANCHOR_COS, ANCHOR_VX, ANCHOR_VY, ANCHOR_VZ = range(11)
+BOX_DIMS = 10
+ANCHOR_DIMS = 11
