@@ -158,7 +158,7 @@ def _check_anchor_file(spec: BaseModel, errors: list[SpecIssue]) -> None:
     path = bank.anchor
     key = "model.head.instance_bank.anchor"
     if not path:
-        errors.append(SpecIssue(key, "is empty", "set it to <dataset_convert results>/anchor_init.npy"))
+        errors.append(MissingFileIssue(key, "is empty", "set it to <dataset_convert results>/anchor_init.npy (run dataset_convert first)"))
         return
     if path == MISSING or is_remote(path):
         return
