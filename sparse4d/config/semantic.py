@@ -222,8 +222,8 @@ def _check_action_section(action: str, spec: BaseModel, errors: list[SpecIssue],
             errors.append(SpecIssue("quantize.backend", f"{section.backend!r} is not supported", "use torchao"))
         if section.mode == "static_ptq" and not spec.dataset.quant_calibration_dataset.images_dir:  # type: ignore[attr-defined]
             errors.append(SpecIssue("dataset.quant_calibration_dataset.images_dir", "static_ptq needs calibration images", "set it or use quantize.mode=weight_only_ptq"))
-        if not section.model_path:
-            errors.append(SpecIssue("quantize.model_path", "is empty", "set it to the trained checkpoint (.pth)"))
+        if check_files and not section.model_path:
+            errors.append(MissingFileIssue("quantize.model_path", "is empty", "set it to the trained checkpoint (.pth), or launch with --parent-job-id"))
         _check_file("quantize.model_path", section.model_path, errors, check_files)
 
 
