@@ -7,11 +7,13 @@ Outputs under ``results_dir``:
   cameras (sorted by name) are split into ``ceil(cameras / MAX_CAMERAS_PER_GROUP)`` groups whose sizes
   differ by at most one; ``k`` is the group index. ``mode`` is ``aicity.camera_grouping_mode``:
   ``random`` shuffles the cameras first with a seed derived from the scene name (stable across runs),
-  ``sequential`` keeps name order. With up to 6 cameras there is one group, ``k = 0``, with all.
+  ``sequential`` keeps name order, ``all`` puts every camera in one group whatever their number. With up
+  to 6 cameras there is one group, ``k = 0``, with all.
 - ``<split>/frames/<scene>/<camera>/<frame:06d>.jpg``: frames extracted from the mp4 videos (the cache
   lives in results_dir so the dataset folder can stay read-only); a rerun reuses them.
 - ``anchor_init_config.output_file_name`` (default ``anchor_init.npy``): seeded k-means anchors over
-  the split's ground truth (only when the split has ground truth).
+  the split's ground truth, written only for a training split (name starting with "train") that has
+  ground truth, so converting val/test into the same results_dir never replaces the training anchors.
 
 Each pickle holds ``{"metadata": {...}, "infos": [frame dict, ...]}`` made of plain containers and
 numpy arrays only (see `FRAME_KEYS`). Writing is deterministic: same input, same bytes.
@@ -38,7 +40,7 @@ from sparse4d.errors import DataError, InputFileError, SpecError
 
 LOG = logging.getLogger(__name__)
 MAX_CAMERAS_PER_GROUP = 6
-GROUPING_MODES = ("random", "sequential")
+GROUPING_MODES = ("random", "sequential", "all")
 OVPKL_FORMAT = "sparse4d-ovpkl-1"
 FRAME_KEYS = (
     "token", "scene", "group", "sequence_id", "frame_index", "timestamp", "world_offset", "camera_names",
@@ -117,6 +119,9 @@ def run_dataset_convert(aicity: Any, results_dir: Path) -> ConvertSummary:
     anchors_config = aicity.anchor_init_config
     anchor_boxes, anchor_frames = _anchor_inputs(scenes, anchors_config, name_map)
     anchors = None
+    if not split.lower().startswith("train"):
+        anchor_boxes = None  # anchors come from training data; a val/test run must not overwrite them
+        summary.notes.append(f"split '{split}': anchors are fitted only when converting a training split")
     if anchor_boxes is not None:  # checked before anything is written
         anchors = fit_anchors(anchor_boxes, int(anchors_config.num_anchor), frames=anchor_frames, split=split)
 
@@ -170,13 +175,20 @@ def _read_scene(scene_dir: Path, aicity: Any, class_list: list[str], sub_classes
 
 
 def _anchor_inputs(scenes: list[_SceneData], config: Any, name_map: dict[str, str]) -> tuple[np.ndarray | None, int]:
-    """Recentered GT boxes for k-means (None when no scene has ground truth) and the frame count they span."""
+    """Recentered GT boxes for k-means (None when no scene has ground truth) and the frame count they span.
+
+    `sample_ratio` N > 1 keeps every Nth frame; `detection_range` R > 0 keeps boxes within R metres of the
+    (recentered) origin.
+    """
     boxes, frames = [], 0
+    every = int(config.sample_ratio)
     for scene in scenes:
         if scene.ground_truth is None:
             continue
-        frames += len(scene.ground_truth)
-        for objects in scene.ground_truth.values():
+        for frame, objects in scene.ground_truth.items():
+            if every > 1 and frame % every:
+                continue
+            frames += 1
             boxes.extend(_box_row(obj, scene.offset) for obj in objects)
     if frames == 0 and not boxes:
         return None, 0
@@ -184,10 +196,6 @@ def _anchor_inputs(scenes: list[_SceneData], config: Any, name_map: dict[str, st
     detection_range = float(config.detection_range)
     if detection_range > 0:
         array = array[np.hypot(array[:, 0], array[:, 1]) <= detection_range]
-    sample_ratio = float(config.sample_ratio)
-    if 0 < sample_ratio < 1 and len(array):
-        keep = np.random.default_rng(0).random(len(array)) < sample_ratio
-        array = array[keep]
     return array, frames
 
 
@@ -223,6 +231,8 @@ def _extract_scene_frames(scene: _SceneData, split_root: Path, frame_cache: Path
 
 def _camera_groups(scene: _SceneData, cameras: list[CameraCalibration], mode: str) -> list[list[CameraCalibration]]:
     ordered = list(cameras)
+    if mode == "all":
+        return [ordered]
     if mode == "random":
         permutation = np.random.default_rng(zlib.crc32(scene.name.encode())).permutation(len(ordered))
         ordered = [ordered[index] for index in permutation]
