@@ -15,7 +15,7 @@ from pathlib import Path
 ACTION = "dataset_convert"
 SPEC_TEMPLATE = "references/spec_template_dataset_convert.yaml"
 SCHEMA = "schemas/dataset_convert.schema.json"
-DATA_SOURCE_KEYS = []
+DATA_SOURCE_KEYS = ['aicity.root']
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # plugin root, when not pip-installed

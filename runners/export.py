@@ -15,7 +15,7 @@ from pathlib import Path
 ACTION = "export"
 SPEC_TEMPLATE = "references/spec_template_export.yaml"
 SCHEMA = "schemas/export.schema.json"
-DATA_SOURCE_KEYS = []
+DATA_SOURCE_KEYS = ['model.head.instance_bank.anchor']
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # plugin root, when not pip-installed

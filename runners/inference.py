@@ -15,7 +15,7 @@ from pathlib import Path
 ACTION = "inference"
 SPEC_TEMPLATE = "references/spec_template_inference.yaml"
 SCHEMA = "schemas/inference.schema.json"
-DATA_SOURCE_KEYS = []
+DATA_SOURCE_KEYS = ['dataset.data_root', 'dataset.test_dataset.ann_file', 'dataset.train_dataset.ann_file', 'dataset.val_dataset.ann_file', 'model.head.instance_bank.anchor']
 
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # plugin root, when not pip-installed

@@ -108,11 +108,15 @@ def _check_model(spec: BaseModel, errors: list[SpecIssue], warnings: list[SpecIs
     for key, heads_, dims in (("model.head.graph_model.num_heads", head.graph_model.num_heads, head.graph_model.embed_dims), ("model.head.temp_graph_model.num_heads", head.temp_graph_model.num_heads, head.temp_graph_model.embed_dims)):
         if dims % heads_:
             errors.append(SpecIssue(key, f"{dims} dims are not divisible by {heads_} heads", None))
+    if any(e.key.startswith("model.") for e in errors):
+        return  # the model-level check would repeat what is already reported
+    from ..errors import SpecError
+    from ..model.unsupported import check_supported  # torch-free by contract
+
     try:
-        from ..model.unsupported import check_supported_issues  # torch-free by contract
-    except ImportError:
-        return
-    errors.extend(SpecIssue(k, msg, hint) for k, msg, hint in check_supported_issues(m))
+        check_supported(m)
+    except SpecError as exc:
+        errors.append(SpecIssue(exc.key or "model", exc.message, exc.hint))
 
 
 def _check_dataset(spec: BaseModel, errors: list[SpecIssue], warnings: list[SpecIssue]) -> None:
