@@ -92,13 +92,17 @@ def check_classes(infos: list[dict], classes: Sequence[str], source: str) -> Non
 
 
 def cut_sequences(infos: list[dict], split_num: int | None) -> list[SequenceSpan]:
-    """Cut each scene group into `split_num` nearly equal consecutive sequences (no exact split needed)."""
+    """Cut each scene group into sequences of at most `split_num` frames (None: whole scene groups).
+
+    A group of n frames becomes ceil(n / split_num) consecutive sequences whose lengths differ by at
+    most one, so n need not be a multiple of split_num.
+    """
     spans, start = [], 0
     while start < len(infos):
         stop = start
         while stop < len(infos) and infos[stop]["sequence_id"] == infos[start]["sequence_id"]:
             stop += 1
-        pieces = max(1, min(int(split_num or 1), stop - start))
+        pieces = 1 if not split_num else -(-(stop - start) // int(split_num))
         for chunk in np.array_split(np.arange(start, stop), pieces):
             spans.append(SequenceSpan(infos[start]["scene"], int(chunk[0]), int(chunk[-1]) + 1))
         start = stop
@@ -110,7 +114,7 @@ class OVPKLDataset(Dataset):
 
     def __init__(self, ann_file: Path | str | Sequence[Path | str], *, data_root: Path | str, classes: Sequence[str],
                  augmentation: Any, normalize: Any, input_hw: tuple[int, int] | None = None, test_mode: bool = False,
-                 use_valid_flag: bool = True, with_depth: bool = True, sequences_split_num: int | None = 1,
+                 use_valid_flag: bool = True, with_depth: bool = True, sequences_split_num: int | None = None,
                  keep_consistent_aug: bool = True, seed: int = 0) -> None:
         self.files = annotation_files(ann_file)
         self.data_root = Path(data_root)

@@ -76,7 +76,7 @@ class StreamingBatchSampler:
             raise DataError(
                 f"{len(rounds)} batch round(s) of {self.batch_size} sequence(s) cannot feed {self.world_size} ranks "
                 "without sharing data", key="dataset.sequences.split_num",
-                hint="raise sequences.split_num, lower batch_size or use fewer GPUs")
+                hint="lower sequences.split_num (shorter sequences), lower batch_size or use fewer GPUs")
         loads = [0] * self.world_size
         mine = []
         for members in rounds:
