@@ -38,9 +38,7 @@ def _run_action(action: str, spec_path: Path, overrides: tuple[str, ...]) -> Non
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
         spec = _load(action, spec_path, overrides)
         if action == "dataset_convert":
-            from ..data.convert import run_dataset_convert_spec
-
-            run_dataset_convert_spec(spec)
+            _convert_splits(spec)
         elif action == "train":
             from ..engine.train import run_train
 
@@ -64,6 +62,18 @@ def _run_action(action: str, spec_path: Path, overrides: tuple[str, ...]) -> Non
         return 0
 
     run_guarded(body)
+
+
+def _convert_splits(spec) -> None:
+    """Convert each split of `aicity.split` (one name or a comma-separated list) into results_dir/<split>/."""
+    from ..data.convert import run_dataset_convert
+    from ..errors import SpecError
+
+    splits = [s.strip() for s in spec.aicity.split.split(",") if s.strip()]
+    if not splits or len(set(splits)) != len(splits):
+        raise SpecError(f"{spec.aicity.split!r} names no split or repeats one", key="aicity.split", hint="e.g. train or train,val,test")
+    for split in splits:
+        run_dataset_convert(spec.aicity.model_copy(update={"split": split}), Path(spec.results_dir))
 
 
 @click.group(help=f"Sparse4D trainer: sparse4d <action> -e spec.yaml [key=value ...]. {EXIT_CODES_HELP}")
