@@ -226,3 +226,16 @@ def test_real_process_prints_no_traceback_and_json_only_on_stdout(tmp_path: Path
     assert "Traceback" not in proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["errors"][0]["key"] == "train"
+
+
+def test_validate_path_never_imports_torch(tmp_path: Path, valid_train_spec: dict) -> None:
+    path = _write(tmp_path, valid_train_spec)
+    code = (
+        "import sys\n"
+        "from sparse4d.cli.runner import cli\n"
+        f"try:\n    cli(['validate', 'spec', 'train', {str(path)!r}], standalone_mode=False)\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "print('torch' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.stdout.strip().splitlines()[-1] == "False", proc.stdout + proc.stderr
