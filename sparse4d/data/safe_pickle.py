@@ -23,6 +23,7 @@ _ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset({
     ("builtins", "dict"),
     ("builtins", "tuple"),
     ("builtins", "bytearray"),
+    ("_codecs", "encode"),  # protocol 2 stores bytes (array buffers) as latin-1 text: a pure data transform
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
@@ -43,6 +44,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self._source = source
 
     def find_class(self, module: str, name: str) -> Any:
+        if module == "__builtin__":  # protocol <= 2 spells builtins the Python 2 way
+            module = "builtins"
         if (module, name) not in _ALLOWED_GLOBALS:
             raise DataError(
                 f"{self._source}: refused to load global '{module}.{name}'; annotation pickles may only hold "
