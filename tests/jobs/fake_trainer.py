@@ -6,6 +6,7 @@ results_dir, appends TAO status events to $SPARSE4D_STATUS_FILE, prints to stdou
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ def main() -> int:
     assert flag == "-e"
     spec = yaml.safe_load(Path(spec_path).read_text())
     fake = spec.get("fake", {})
+    if fake.get("ignore_term"):  # a stubborn trainer: only SIGKILL stops it
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     results = Path(spec["results_dir"])
     results.mkdir(parents=True, exist_ok=True)
     status = StatusWriter(status_file_for(results))
