@@ -46,7 +46,7 @@ def normalize_depth_paths(data_root: Path, annotation_dir: Path, *, dry_run: boo
     missing: set[str] = set()
     for path in files:
         report.files_scanned += 1
-        counts = {"rewritten": 0, "ok": 0}
+        counts: dict[str, Any] = {"rewritten": 0, "ok": 0}
         rewritten = _rewrite(safe_load(path), counts, data_root, missing)
         report.refs_rewritten += counts["rewritten"]
         report.refs_already_h5 += counts["ok"]
@@ -59,7 +59,7 @@ def normalize_depth_paths(data_root: Path, annotation_dir: Path, *, dry_run: boo
     return report
 
 
-def _rewrite(value: Any, counts: dict[str, int], data_root: Path, missing: set[str]) -> Any:
+def _rewrite(value: Any, counts: dict[str, Any], data_root: Path, missing: set[str]) -> Any:
     if isinstance(value, tuple) and len(value) == 2 and all(isinstance(part, str) for part in value) \
             and DEPTH_KEY_MARKER in value[1]:
         location, key = value
@@ -68,6 +68,7 @@ def _rewrite(value: Any, counts: dict[str, int], data_root: Path, missing: set[s
             return value
         folder = PurePosixPath(location)
         target = f"{folder.parts[0]}/depth_maps/{folder.name}.h5"
+        target = counts.setdefault(target, target)  # one shared string per file keeps the pickle compact
         if not (data_root / target).is_file():
             missing.add(target)
         counts["rewritten"] += 1
