@@ -1,0 +1,56 @@
+"""Multi-camera, multi-level deformable feature aggregation: the pure-PyTorch reference.
+
+For every query, key point, camera and level the feature map is sampled bilinearly at the projected
+point and summed with softmaxed weights, separately per channel group. This is the operation fused
+CUDA kernels implement; `select_aggregation_impl` is the one seam where such a kernel plugs in.
+
+Sampling convention (same as the fused kernels): a normalised location u in [0, 1] maps to the
+feature column u * W - 0.5 (pixel centres at half-integers, `align_corners=False`); locations outside
+the map read zeros.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+AggregationFn = Callable[[list[Tensor], Tensor, Tensor], Tensor]
+
+
+def deformable_aggregation(feature_maps: list[Tensor], points: Tensor, weights: Tensor) -> Tensor:
+    """Weighted sum of bilinear samples over cameras x levels x points, per channel group.
+
+    feature_maps: per level (B, N, C, H_l, W_l). points: (B, Q, P, N, 2) normalised (u, v) in [0, 1].
+    weights: (B, Q, N, L, P, G) with C divisible by G. Returns (B, Q, C).
+    """
+    b, q, p, n, _ = points.shape
+    groups = weights.shape[-1]
+    grid = (points.permute(0, 3, 1, 2, 4).reshape(b * n, q, p, 2) * 2.0 - 1.0).to(feature_maps[0].dtype)
+    out = None
+    for level, feat in enumerate(feature_maps):
+        c, h, w = feat.shape[2:]
+        sampled = F.grid_sample(feat.reshape(b * n, c, h, w), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        sampled = sampled.reshape(b, n, groups, c // groups, q, p)
+        level_w = weights[:, :, :, level].permute(0, 2, 4, 1, 3)  # (B, N, G, Q, P)
+        contrib = (sampled * level_w.unsqueeze(3).to(sampled.dtype)).sum(dim=(1, 5))  # (B, G, C/G, Q)
+        out = contrib if out is None else out + contrib
+    assert out is not None
+    return out.reshape(b, -1, q).transpose(1, 2)
+
+
+_fused_impl: AggregationFn | None = None
+
+
+def set_fused_aggregation_impl(fn: AggregationFn | None) -> None:
+    """Plug in (or remove) a fused GPU kernel with the same signature as `deformable_aggregation`."""
+    global _fused_impl
+    _fused_impl = fn
+
+
+def select_aggregation_impl(device: torch.device, prefer_fused: bool = True) -> AggregationFn:
+    """The fused kernel on CUDA when one is plugged in and allowed, else the grid_sample reference."""
+    if prefer_fused and device.type == "cuda" and _fused_impl is not None:
+        return _fused_impl
+    return deformable_aggregation

@@ -1,0 +1,205 @@
+"""Sparse4D v3 head: the decoder loop over `operation_order` with instance bank and denoising."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from .anchor_encoder import AnchorEncoder
+from .attention import InstanceAttention
+from .blocks import AsymmetricFFN
+from .deformable import DeformableFeatureAggregation
+from .denoising import CarriedDenoising, DenoisingQueries, attention_mask, fit_group_size
+from .instance_bank import InstanceBank, InstanceBankState, move_by_velocity
+from .refinement import BoxRefinement
+
+
+@dataclass
+class HeadOutput:
+    """Per decoder layer outputs over all queries (A normal first, then any denoising queries)."""
+
+    classification: list[Tensor] = field(default_factory=list)  # (B, L, C) logits
+    prediction: list[Tensor] = field(default_factory=list)  # (B, L, 11) anchors
+    quality: list[Tensor | None] = field(default_factory=list)  # (B, L, 2) logits
+    instance_feature: Tensor | None = None  # (B, L, C) after the last layer
+    dn: DenoisingQueries | None = None  # targets, updated for carried groups
+
+
+class Sparse4DHead(nn.Module):
+    def __init__(
+        self,
+        *,
+        instance_bank: InstanceBank,
+        anchor_encoder: AnchorEncoder,
+        operation_order: list[str],
+        layers: list[nn.Module | None],
+        num_single_frame_decoder: int,
+        temporal: bool,
+        num_temp_dn_groups: int,
+    ) -> None:
+        super().__init__()
+        self.instance_bank = instance_bank
+        self.anchor_encoder = anchor_encoder
+        self.operation_order = list(operation_order)
+        self.layers = nn.ModuleList(nn.Identity() if layer is None else layer for layer in layers)
+        self.num_single_frame_decoder = num_single_frame_decoder
+        self.temporal = temporal and instance_bank.num_temp > 0
+        self.num_temp_dn_groups = num_temp_dn_groups
+
+    @staticmethod
+    def build_layers(
+        operation_order: list[str],
+        *,
+        embed_dims: int,
+        num_classes: int,
+        deformable: dict,
+        ffn: dict,
+        graph: dict,
+        temp_graph: dict,
+        refine: dict,
+        decouple_attn: bool,
+        temporal: bool,
+    ) -> list[nn.Module | None]:
+        """One fresh module per step of `operation_order` (None for steps without parameters)."""
+        layers: list[nn.Module | None] = []
+        for op in operation_order:
+            if op == "deformable":
+                layers.append(DeformableFeatureAggregation(embed_dims=embed_dims, **deformable))
+            elif op == "ffn":
+                layers.append(AsymmetricFFN(embed_dims=embed_dims, **ffn))
+            elif op == "norm":
+                layers.append(nn.LayerNorm(embed_dims))
+            elif op == "refine":
+                layers.append(BoxRefinement(embed_dims, num_classes, **refine))
+            elif op == "gnn":
+                layers.append(InstanceAttention(embed_dims, decouple=decouple_attn, **graph))
+            elif op == "temp_gnn":
+                layers.append(InstanceAttention(embed_dims, decouple=decouple_attn, **temp_graph) if temporal else None)
+            elif op == "identity":
+                layers.append(None)
+            else:
+                raise ValueError(f"unknown operation {op!r}")
+        return layers
+
+    def forward(
+        self,
+        feature_maps: list[Tensor],
+        projection_mat: Tensor,
+        image_wh: Tensor,
+        time_interval: Tensor,
+        temporal_mask: Tensor,
+        state: InstanceBankState,
+        dn: DenoisingQueries | None = None,
+        carried_dn: CarriedDenoising | None = None,
+        carried_dn_targets: tuple[Tensor, Tensor] | None = None,
+    ) -> HeadOutput:
+        b = projection_mat.shape[0]
+        bank = self.instance_bank
+        a = bank.num_anchor
+        feature, anchor = bank.initial(b)
+        carried_anchor = move_by_velocity(state.anchors, time_interval)
+        carried_feature = state.features
+        if dn is not None:
+            anchor = torch.cat([anchor, dn.anchors.to(anchor.dtype)], dim=1)
+            feature = torch.cat([feature, feature.new_zeros(b, dn.num_queries, feature.shape[-1])], dim=1)
+        mask = attention_mask(a, dn, b, anchor.device)
+        anchor_embed = self.anchor_encoder(anchor)
+        temp_anchor_embed = self.anchor_encoder(carried_anchor) if self.temporal else None
+        out = HeadOutput(dn=dn)
+        last = len(self.operation_order) - 1
+        for i, (op, layer) in enumerate(zip(self.operation_order, self.layers)):
+            if op == "identity" or (op == "temp_gnn" and not self.temporal):
+                continue
+            if op == "temp_gnn":
+                attended = layer(feature, anchor_embed, carried_feature.to(feature.dtype), temp_anchor_embed)
+                feature = torch.where(temporal_mask[:, None, None], attended, feature)
+            elif op == "gnn":
+                heads = layer.attn.num_heads
+                feature = layer(feature, anchor_embed, attn_mask=None if mask is None else mask.repeat_interleave(heads, dim=0))
+            elif op in ("norm", "ffn"):
+                feature = layer(feature)
+            elif op == "deformable":
+                feature = layer(feature, anchor, anchor_embed, feature_maps, projection_mat, image_wh)
+            elif op == "refine":
+                anchor, cls, quality = layer(feature, anchor, anchor_embed, time_interval)
+                out.prediction.append(anchor)
+                out.classification.append(cls)
+                out.quality.append(quality)
+                if len(out.prediction) == self.num_single_frame_decoder and self.temporal:
+                    feature, anchor = bank.merge_carried(feature, anchor, cls, carried_feature, carried_anchor, temporal_mask)
+                    if dn is not None and carried_dn is not None and carried_dn_targets is not None:
+                        feature, anchor, out.dn = self._insert_carried_dn(feature, anchor, dn, carried_dn, carried_dn_targets, temporal_mask, time_interval)
+                        mask = attention_mask(a, out.dn, b, anchor.device)
+                if i != last:
+                    anchor_embed = self.anchor_encoder(anchor)
+                    if self.temporal and len(out.prediction) > self.num_single_frame_decoder:
+                        temp_anchor_embed = anchor_embed[:, : bank.num_temp]
+        out.instance_feature = feature
+        return out
+
+    def _insert_carried_dn(
+        self,
+        feature: Tensor,
+        anchor: Tensor,
+        dn: DenoisingQueries,
+        carried: CarriedDenoising,
+        targets: tuple[Tensor, Tensor],
+        temporal_mask: Tensor,
+        time_interval: Tensor,
+    ) -> tuple[Tensor, Tensor, DenoisingQueries]:
+        """Replace the first Gt denoising groups of slots with history by last frame's carried groups."""
+        a = self.instance_bank.num_anchor
+        b = feature.shape[0]
+        g, m = dn.num_groups, dn.group_size
+        gt_groups = carried.features.shape[1]
+        box_t, cls_t = targets
+        moved = move_by_velocity(carried.anchors.flatten(1, 2), time_interval).reshape(carried.anchors.shape)
+        carried_vals = [
+            fit_group_size(carried.features.to(feature.dtype), m, 0.0),
+            fit_group_size(moved.to(anchor.dtype), m, 0.0),
+            fit_group_size(box_t, m, 0.0),
+            fit_group_size(cls_t, m, -1),
+            fit_group_size(carried.valid, m, False),
+            fit_group_size(carried.instance_ids, m, -1),
+        ]
+        current = [
+            feature[:, a:].reshape(b, g, m, -1),
+            anchor[:, a:].reshape(b, g, m, -1),
+            dn.box_targets.reshape(b, g, m, -1),
+            dn.cls_targets.reshape(b, g, m),
+            dn.valid.reshape(b, g, m),
+            dn.instance_ids.reshape(b, g, m),
+        ]
+        merged = []
+        for old, new in zip(carried_vals, current):
+            sel = temporal_mask.reshape(b, *([1] * (new.dim() - 1)))
+            head = torch.where(sel, old, new[:, :gt_groups])
+            merged.append(torch.cat([head, new[:, gt_groups:]], dim=1).flatten(1, 2))
+        new_dn = DenoisingQueries(
+            anchors=dn.anchors,
+            box_targets=merged[2],
+            cls_targets=merged[3],
+            valid=merged[4],
+            instance_ids=merged[5],
+            num_groups=g,
+            group_size=m,
+        )
+        return torch.cat([feature[:, :a], merged[0]], dim=1), torch.cat([anchor[:, :a], merged[1]], dim=1), new_dn
+
+    def carry_dn(self, out: HeadOutput) -> CarriedDenoising | None:
+        """The first `num_temp_dn_groups` denoising groups of this frame, to continue next frame."""
+        dn = out.dn
+        if dn is None or self.num_temp_dn_groups <= 0 or not self.temporal:
+            return None
+        a = self.instance_bank.num_anchor
+        assert out.instance_feature is not None
+        b = out.instance_feature.shape[0]
+        g, m, gt = dn.num_groups, dn.group_size, self.num_temp_dn_groups
+        return CarriedDenoising(
+            features=out.instance_feature[:, a:].detach().reshape(b, g, m, -1)[:, :gt],
+            anchors=out.prediction[-1][:, a:].detach().reshape(b, g, m, -1)[:, :gt],
+            cls_targets=dn.cls_targets.reshape(b, g, m)[:, :gt],
+            valid=dn.valid.reshape(b, g, m)[:, :gt],
+            instance_ids=dn.instance_ids.reshape(b, g, m)[:, :gt],
+        )

@@ -1,0 +1,452 @@
+"""The Sparse4D v3 detector/tracker: ResNet + FPN + dense depth + sparse temporal head.
+
+Two ways in:
+- `forward(batch)`, `loss(out, batch)`, `predict(batch)`: the stateful API the trainer uses; the
+  instance bank state lives on the module between streamed frame batches.
+- `forward_frame(img, projection_mat, image_wh, time_interval, first_frame, state)`: one frame as a
+  pure function of tensors and an explicit `InstanceBankState`, for export.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from sparse4d.batch import ANCHOR_VX
+from sparse4d.errors import DataError
+
+from .anchor_encoder import AnchorEncoder
+from .backbone import ResNet
+from .box_coding import encode_boxes
+from .decoder import decode_topk, to_detections
+from .denoising import CarriedDenoising, make_denoising_queries, retarget_carried
+from .depth import DenseDepthNet
+from .grid_mask import GridMask
+from .head import HeadOutput, Sparse4DHead
+from .instance_bank import InstanceBank, InstanceBankState, load_anchors
+from .losses import allow_reversed_yaw, centerness_loss, sigmoid_focal_loss, weighted_l1, yawness_loss
+from .matching import hungarian_match
+from .neck import FPN
+from .refinement import QUALITY_CNS, QUALITY_YNS
+from .unsupported import check_supported
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    gamma: float = 2.0
+    alpha: float = 0.25
+    cls_loss_weight: float = 2.0
+    box_loss_weight: float = 0.25
+    reg_weights: tuple[float, ...] = (2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    cls_threshold_to_reg: float = 0.05
+    cls_allow_reverse: tuple[int, ...] = ()
+    valid_vel_weight: float = -1.0
+    match_cls_weight: float = 2.0
+    match_box_weight: float = 0.25
+    match_reg_weights: tuple[float, ...] = (2.0, 2.0, 2.0, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class DenoisingSettings:
+    num_groups: int = 5
+    num_temp_groups: int = 3
+    noise_scale: tuple[float, ...] = (2.0, 2.0, 2.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5)
+    max_dn_gt: int = 128
+    add_neg_dn: bool = True
+    reg_weights: tuple[float, ...] = (2.0, 2.0, 2.0, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+class Sparse4D(nn.Module):
+    def __init__(
+        self,
+        *,
+        backbone: ResNet,
+        neck: FPN,
+        head: Sparse4DHead,
+        num_classes: int,
+        input_shape: tuple[int, int],
+        num_cams: int,
+        num_output: int,
+        score_threshold: float,
+        default_time_interval: float,
+        losses: LossSettings,
+        denoising: DenoisingSettings | None,
+        depth_branch: DenseDepthNet | None = None,
+        grid_mask: GridMask | None = None,
+        return_feature: bool = True,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.head = head
+        self.depth_branch = depth_branch
+        self.grid_mask = grid_mask
+        self.num_classes = num_classes
+        self.input_shape = tuple(input_shape)
+        self.num_cams = num_cams
+        self.num_output = num_output
+        self.score_threshold = score_threshold
+        self.default_time_interval = default_time_interval
+        self.loss_settings = losses
+        self.denoising = denoising
+        self.return_feature = return_feature
+        self._state: InstanceBankState | None = None
+        self._carried_dn: CarriedDenoising | None = None
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Any,
+        num_classes: int,
+        *,
+        frozen_bn: bool = False,
+        activation_checkpointing: bool = False,
+        anchors: np.ndarray | None = None,
+    ) -> Sparse4D:
+        """Build from the typed `model:` section (`sparse4d.config.model.ModelConfig`).
+
+        Anchors come from `cfg.head.instance_bank.anchor` unless given (tests); bad values or files raise
+        SpecError / InputFileError / DataError naming the key.
+        """
+        check_supported(cfg)
+        if num_classes < 1:
+            raise DataError("the dataset defines no classes", key="dataset.classes")
+        h = cfg.head
+        bank_cfg = h.instance_bank
+        if anchors is None:
+            anchors = load_anchors(bank_cfg.anchor, bank_cfg.num_anchor)
+        else:
+            anchors = np.asarray(anchors, dtype=np.float32)[: bank_cfg.num_anchor]
+        embed = cfg.embed_dims
+        temporal = h.temporal and bank_cfg.num_temp_instances > 0
+        backbone = ResNet(cfg.backbone.type, frozen_bn=frozen_bn, activation_checkpointing=activation_checkpointing)
+        neck = FPN(
+            list(cfg.neck.in_channels),
+            cfg.neck.out_channels,
+            cfg.neck.num_outs,
+            cfg.neck.start_level,
+            cfg.neck.add_extra_convs,
+            cfg.neck.relu_before_extra_convs,
+        )
+        depth = None
+        if cfg.depth_branch.loss_weight > 0:
+            depth = DenseDepthNet(cfg.depth_branch.embed_dims, cfg.depth_branch.num_depth_layers, cfg.depth_branch.loss_weight)
+        enc = h.anchor_encoder
+        encoder = AnchorEncoder(list(enc.embed_dims), enc.vel_dims, enc.mode, enc.output_fc, enc.in_loops, enc.out_loops, enc.pos_embed_only)
+        bank = InstanceBank(anchors, embed, bank_cfg.num_temp_instances if temporal else 0, bank_cfg.confidence_decay, bank_cfg.feat_grad)
+        dm = h.deformable_model
+        layers = Sparse4DHead.build_layers(
+            list(h.operation_order),
+            embed_dims=embed,
+            num_classes=num_classes,
+            deformable=dict(
+                num_groups=dm.num_groups,
+                num_levels=dm.num_levels,
+                max_num_cams=dm.max_num_cams,
+                fix_scale=[list(map(float, row)) for row in dm.kps_generator.fix_scale],
+                num_learnable_pts=dm.kps_generator.num_learnable_pts,
+                attn_drop=dm.attn_drop,
+                proj_drop=dm.proj_drop,
+                use_camera_embed=dm.use_camera_embed,
+                residual_mode=dm.residual_mode,
+                prefer_fused=bool(dm.use_deformable_func and cfg.use_deformable_func),
+            ),
+            ffn=dict(
+                in_channels=h.ffn.in_channels,
+                feedforward_channels=h.ffn.feedforward_channels,
+                num_fcs=h.ffn.num_fcs,
+                ffn_drop=h.ffn.ffn_drop,
+                inplace_act=h.ffn.act_cfg.inplace,
+            ),
+            graph=dict(num_heads=h.graph_model.num_heads, dropout=h.graph_model.dropout),
+            temp_graph=dict(num_heads=h.temp_graph_model.num_heads, dropout=h.temp_graph_model.dropout),
+            refine=dict(refine_yaw=h.refine_layer.refine_yaw, with_quality_estimation=h.with_quality_estimation),
+            decouple_attn=h.decouple_attn,
+            temporal=temporal,
+        )
+        sampler = h.sampler
+        head = Sparse4DHead(
+            instance_bank=bank,
+            anchor_encoder=encoder,
+            operation_order=list(h.operation_order),
+            layers=layers,
+            num_single_frame_decoder=h.num_single_frame_decoder,
+            temporal=temporal,
+            num_temp_dn_groups=sampler.num_temp_dn_groups,
+        )
+        losses = LossSettings(
+            gamma=h.loss.cls.gamma,
+            alpha=h.loss.cls.alpha,
+            cls_loss_weight=h.loss.cls.loss_weight,
+            box_loss_weight=h.loss.reg.box_weight,
+            reg_weights=tuple(h.reg_weights),
+            cls_threshold_to_reg=h.cls_threshold_to_reg,
+            cls_allow_reverse=tuple(h.loss.reg.cls_allow_reverse),
+            valid_vel_weight=h.valid_vel_weight,
+            match_cls_weight=sampler.cls_weight,
+            match_box_weight=sampler.box_weight,
+            match_reg_weights=tuple(sampler.reg_weights),
+        )
+        denoising = DenoisingSettings(
+            num_groups=sampler.num_dn_groups,
+            num_temp_groups=sampler.num_temp_dn_groups,
+            noise_scale=tuple(sampler.dn_noise_scale),
+            max_dn_gt=sampler.max_dn_gt,
+            add_neg_dn=sampler.add_neg_dn,
+            reg_weights=tuple(sampler.reg_weights),
+        )
+        return cls(
+            backbone=backbone,
+            neck=neck,
+            head=head,
+            num_classes=num_classes,
+            input_shape=(int(cfg.input_shape[0]), int(cfg.input_shape[1])),
+            num_cams=dm.num_cams,
+            num_output=h.num_output,
+            score_threshold=h.decoder.score_threshold,
+            default_time_interval=bank_cfg.default_time_interval,
+            losses=losses,
+            denoising=denoising,
+            depth_branch=depth,
+            grid_mask=GridMask() if cfg.use_grid_mask else None,
+            return_feature=h.return_feature,
+        )
+
+    # ------------------------------------------------------------------ state
+    def reset_temporal_state(self) -> None:
+        """Forget carried instances (and carried denoising groups): the next frame starts fresh."""
+        self._state = None
+        self._carried_dn = None
+
+    def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> InstanceBankState:
+        bank = self.head.instance_bank
+        return InstanceBankState.empty(batch_size, bank.num_temp, bank.embed_dims, device=device)
+
+    @property
+    def temporal_state(self) -> InstanceBankState | None:
+        return self._state
+
+    # ------------------------------------------------------------------ network
+    def extract_features(self, img: Tensor) -> list[Tensor]:
+        """(B, N, 3, H, W) -> per FPN level (B, N, C, h, w)."""
+        b, n = img.shape[:2]
+        feats = self.neck(self.backbone(img.flatten(0, 1)))
+        return [f.reshape(b, n, *f.shape[1:]) for f in feats]
+
+    def _check_images(self, img: Tensor) -> None:
+        if img.dim() != 5 or img.shape[2] != 3:
+            raise DataError(f"batch['img'] must be (B, N, 3, H, W), got {tuple(img.shape)}")
+        w, h = self.input_shape
+        if (img.shape[-1], img.shape[-2]) != (w, h):
+            raise DataError(
+                f"images are {img.shape[-1]}x{img.shape[-2]} but model.input_shape is [{w}, {h}]",
+                key="model.input_shape",
+                hint="make model.input_shape equal dataset.augmentation.final_dim reversed",
+            )
+
+    def _run_frame(
+        self,
+        feature_maps: list[Tensor],
+        projection_mat: Tensor,
+        image_wh: Tensor,
+        time_interval: Tensor,
+        first_frame: Tensor,
+        state: InstanceBankState,
+        timestamp: Tensor,
+        **dn_kwargs: Any,
+    ) -> tuple[HeadOutput, dict[str, Tensor], InstanceBankState]:
+        temporal_mask = state.valid & ~first_frame
+        head_out = self.head(feature_maps, projection_mat, image_wh, time_interval, temporal_mask, state, **dn_kwargs)
+        bank = self.head.instance_bank
+        a = bank.num_anchor
+        cls = head_out.classification[-1][:, :a]
+        anchors = head_out.prediction[-1][:, :a]
+        quality = head_out.quality[-1]
+        confidence = cls.detach().max(dim=-1).values.sigmoid()
+        track_ids, next_id = bank.assign_track_ids(state, confidence, temporal_mask, first_frame, self.score_threshold)
+        assert head_out.instance_feature is not None
+        new_state = bank.next_state(state, head_out.instance_feature, anchors, confidence, track_ids, next_id, temporal_mask, timestamp)
+        decoded = decode_topk(cls.detach(), anchors.detach(), None if quality is None else quality[:, :a].detach(), track_ids, self.num_output, self.score_threshold)
+        return head_out, decoded, new_state
+
+    def forward_frame(
+        self, img: Tensor, projection_mat: Tensor, image_wh: Tensor, time_interval: Tensor, first_frame: Tensor, state: InstanceBankState
+    ) -> tuple[dict[str, Tensor], InstanceBankState]:
+        """One frame without denoising or losses, state in and out (traceable: no tensor-valued branches).
+
+        time_interval (B,) seconds since the slot's previous frame (any positive value when first_frame).
+        Returns decoded fixed-size outputs (boxes_3d (B, K, 10), scores_3d, labels_3d, track_ids,
+        quality, keep) plus raw last-layer `classification`/`prediction`, and the next state.
+        """
+        feats = self.extract_features(img)
+        head_out, decoded, new_state = self._run_frame(
+            feats, projection_mat, image_wh, time_interval.float(), first_frame, state, state.timestamp + time_interval.to(torch.float64)
+        )
+        outputs = dict(decoded)
+        outputs["classification"] = head_out.classification[-1]
+        outputs["prediction"] = head_out.prediction[-1]
+        return outputs, new_state
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """One streamed frame batch; uses and updates the internal temporal state."""
+        img = batch["img"]
+        self._check_images(img)
+        b = img.shape[0]
+        device = img.device
+        state = self._state
+        if state is None or state.batch_size != b or state.valid.device != device:
+            state = self.initial_state(b, device)
+            self._carried_dn = None
+        first_frame = batch["first_frame"].to(device=device, dtype=torch.bool)
+        timestamp = batch["timestamp"].to(device=device, dtype=torch.float64)
+        temporal_mask = state.valid & ~first_frame
+        dt = timestamp - state.timestamp
+        time_interval = torch.where(temporal_mask & (dt > 0), dt, torch.full_like(dt, self.default_time_interval)).float()
+
+        dn_kwargs: dict[str, Any] = {}
+        gt = None
+        if self.training:
+            gt = self._targets(batch, device)
+            if self.denoising is not None and self.denoising.num_groups > 0:
+                dn = make_denoising_queries(
+                    gt["anchors"],
+                    gt["labels"],
+                    gt["ids"],
+                    num_groups=self.denoising.num_groups,
+                    noise_scale=list(self.denoising.noise_scale),
+                    max_dn_gt=self.denoising.max_dn_gt,
+                    add_neg_dn=self.denoising.add_neg_dn,
+                    reg_weights=torch.tensor(self.denoising.reg_weights, device=device),
+                )
+                dn_kwargs["dn"] = dn
+                carried = self._carried_dn
+                if dn is not None and carried is not None and carried.features.shape[0] == b:
+                    dn_kwargs["carried_dn"] = carried
+                    dn_kwargs["carried_dn_targets"] = retarget_carried(carried, gt["anchors"], gt["labels"], gt["ids"])
+
+        if self.grid_mask is not None:
+            img = self.grid_mask(img)
+        feats = self.extract_features(img)
+        projection_mat = batch["projection_mat"].to(device=device, dtype=feats[0].dtype)
+        image_wh = batch["image_wh"].to(device=device, dtype=feats[0].dtype)
+        head_out, decoded, new_state = self._run_frame(feats, projection_mat, image_wh, time_interval, first_frame, state, timestamp, **dn_kwargs)
+        self._state = new_state.detach()
+        self._carried_dn = self.head.carry_dn(head_out) if self.training else None
+
+        out: dict[str, Any] = {
+            "classification": head_out.classification,
+            "prediction": head_out.prediction,
+            "quality": head_out.quality,
+            "dn": head_out.dn,
+            "decoded": decoded,
+            "track_ids": decoded["track_ids"],
+        }
+        if self.return_feature:
+            out["instance_feature"] = head_out.instance_feature
+        if self.training and self.depth_branch is not None and "gt_depth" in batch:
+            focal = projection_mat[..., 0, 0]
+            out["depths"] = self.depth_branch(feats, focal)
+        return out
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, Any]) -> list[dict[str, Tensor]]:
+        """Detections with track ids per sample; call in eval mode, frames in order."""
+        out = self.forward(batch)
+        return to_detections(out["decoded"])
+
+    # ------------------------------------------------------------------ losses
+    def _targets(self, batch: dict[str, Any], device: torch.device) -> dict[str, list[Tensor]]:
+        anchors, labels, ids = [], [], []
+        b = batch["img"].shape[0]
+        for i in range(b):
+            boxes = batch["gt_bboxes_3d"][i].to(device=device, dtype=torch.float32)
+            lab = batch["gt_labels_3d"][i].to(device=device, dtype=torch.int64)
+            if boxes.dim() != 2 or boxes.shape[-1] != 10 or boxes.shape[0] != lab.shape[0]:
+                raise DataError(f"sample {i}: gt_bboxes_3d must be (M, 10) matching gt_labels_3d (M,), got {tuple(boxes.shape)} and {tuple(lab.shape)}")
+            if lab.numel() and (lab.min() < 0 or lab.max() >= self.num_classes):
+                raise DataError(f"sample {i}: gt_labels_3d outside [0, {self.num_classes})", key="dataset.classes")
+            anchors.append(encode_boxes(boxes))
+            labels.append(lab)
+            inst = batch.get("instance_ids")
+            ids.append(inst[i].to(device=device, dtype=torch.int64) if inst is not None else torch.arange(len(lab), device=device))
+        return {"anchors": anchors, "labels": labels, "ids": ids}
+
+    def _regression_weights(self, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-target weights (K, 11) and NaN-free targets; rows with unknown velocity use valid_vel_weight."""
+        s = self.loss_settings
+        weights = targets.new_tensor(s.reg_weights).expand_as(targets).clone()
+        if s.valid_vel_weight >= 0:
+            bad_vel = ~torch.isfinite(targets[:, ANCHOR_VX:]).all(dim=-1)
+            weights[:, ANCHOR_VX:] = torch.where(bad_vel[:, None], torch.full_like(weights[:, ANCHOR_VX:], s.valid_vel_weight), weights[:, ANCHOR_VX:])
+        return weights, torch.nan_to_num(targets, nan=0.0)
+
+    def _box_losses(self, box: Tensor, target: Tensor, labels: Tensor, quality: Tensor | None, normaliser: Tensor, suffix: str) -> dict[str, Tensor]:
+        s = self.loss_settings
+        weights, target = self._regression_weights(target)
+        target = allow_reversed_yaw(box.detach(), target, labels, list(s.cls_allow_reverse))
+        out = {f"loss_box{suffix}": weighted_l1(box, target, weights, normaliser) * s.box_loss_weight}
+        if quality is not None:
+            out[f"loss_cns{suffix}"] = centerness_loss(quality[:, QUALITY_CNS], box, target, normaliser)
+            out[f"loss_yns{suffix}"] = yawness_loss(quality[:, QUALITY_YNS], box, target, normaliser)
+        return out
+
+    def loss(self, out: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Per decoder layer: matched-query losses (cls, box, cns, yns) and denoising losses (suffix _dn);
+        plus the depth loss; 'loss' is their sum."""
+        s = self.loss_settings
+        device = out["prediction"][0].device
+        gt = self._targets(batch, device)
+        a = self.head.instance_bank.num_anchor
+        match_w = torch.tensor(s.match_reg_weights, device=device)
+        losses: dict[str, Tensor] = {}
+        dn = out.get("dn")
+        for layer, (cls, box, quality) in enumerate(zip(out["classification"], out["prediction"], out["quality"])):
+            b = cls.shape[0]
+            cls_n, box_n = cls[:, :a], box[:, :a]
+            labels = torch.full((b, a), self.num_classes, dtype=torch.int64, device=device)
+            targets = box_n.new_zeros(box_n.shape)
+            matched = torch.zeros(b, a, dtype=torch.bool, device=device)
+            for i in range(b):
+                rows, cols = hungarian_match(
+                    cls_n[i].detach(), box_n[i].detach(), gt["labels"][i], torch.nan_to_num(gt["anchors"][i], nan=0.0),
+                    alpha=s.alpha, gamma=s.gamma, cls_weight=s.match_cls_weight, box_weight=s.match_box_weight, reg_weights=match_w,
+                )
+                labels[i, rows] = gt["labels"][i][cols]
+                targets[i, rows] = gt["anchors"][i][cols]
+                matched[i, rows] = True
+            num_pos = matched.sum().float()
+            losses[f"loss_cls_{layer}"] = sigmoid_focal_loss(cls_n.flatten(0, 1), labels.flatten(), gamma=s.gamma, alpha=s.alpha, normaliser=num_pos) * s.cls_loss_weight
+            reg_mask = matched
+            if s.cls_threshold_to_reg > 0:
+                reg_mask = reg_mask & (cls_n.detach().max(dim=-1).values.sigmoid() > s.cls_threshold_to_reg)
+            q = None if quality is None else quality[:, :a][reg_mask]
+            losses.update(self._box_losses(box_n[reg_mask], targets[reg_mask], labels[reg_mask], q, num_pos, f"_{layer}"))
+            if dn is not None and cls.shape[1] > a:
+                valid = dn.valid
+                dn_labels = dn.cls_targets
+                pos = valid & (dn_labels >= 0)
+                num_dn_pos = pos.sum().float()
+                cls_d = cls[:, a:]
+                losses[f"loss_cls_dn_{layer}"] = sigmoid_focal_loss(cls_d[valid], dn_labels[valid], gamma=s.gamma, alpha=s.alpha, normaliser=num_dn_pos) * s.cls_loss_weight
+                qd = None if quality is None else quality[:, a:][pos]
+                losses.update(self._box_losses(box[:, a:][pos], dn.box_targets[pos].to(box.dtype), dn_labels[pos], qd, num_dn_pos, f"_dn_{layer}"))
+        if "depths" in out and self.depth_branch is not None:
+            losses["loss_depth"] = self.depth_branch.loss(out["depths"], batch["gt_depth"].to(device=device, dtype=torch.float32))
+        losses["loss"] = torch.stack(list(losses.values())).sum()
+        return losses
+
+    # ------------------------------------------------------------------ export helpers
+    def example_inputs(self, batch_size: int = 1, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, InstanceBankState]:
+        """Inputs of `forward_frame` shaped by model.input_shape and head.deformable_model.num_cams."""
+        w, h = self.input_shape
+        n = self.num_cams
+        img = torch.zeros(batch_size, n, 3, h, w, device=device)
+        proj = torch.eye(4, device=device).expand(batch_size, n, 4, 4).clone()
+        wh = torch.tensor([float(w), float(h)], device=device).expand(batch_size, n, 2).clone()
+        dt = torch.full((batch_size,), self.default_time_interval, device=device)
+        first = torch.ones(batch_size, dtype=torch.bool, device=device)
+        return img, proj, wh, dt, first, self.initial_state(batch_size, device)
