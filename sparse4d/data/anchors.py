@@ -61,6 +61,10 @@ def fit_anchors(boxes: np.ndarray, num_anchor: int, *, frames: int, split: str) 
             centres[empty] = features[farthest]
             distance[farthest] = -1.0
     anchors = _means(rows, assignment, num_anchor)
+    _, distance = _nearest(features, centres)
+    for empty in np.flatnonzero(np.bincount(assignment, minlength=num_anchor) == 0):  # only if not converged
+        farthest = int(np.argmax(distance))
+        anchors[empty], distance[farthest] = rows[farthest], -1.0
     heading = np.hypot(anchors[:, ANCHOR_SIN], anchors[:, ANCHOR_COS])
     heading[heading < 1e-6] = 1.0
     anchors[:, ANCHOR_SIN] /= heading
