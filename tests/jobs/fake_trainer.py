@@ -5,6 +5,7 @@ results_dir, appends TAO status events to $SPARSE4D_STATUS_FILE, prints to stdou
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import sys
@@ -29,7 +30,7 @@ def main() -> int:
     status.write("STARTED", f"{action} started")
     print(f"action={action} spec={spec_path}", flush=True)
     key = os.environ.get("SPARSE4D_ENCRYPTION_KEY", "")
-    (results / "got_key.txt").write_text("yes" if key == fake.get("expect_key", key) and key else "no")
+    (results / "got_key.txt").write_text(hashlib.sha256(key.encode()).hexdigest())  # proof without the key
     if fake.get("leak"):  # a careless trainer printing its secrets
         print(f"my key is {key} and wandb {os.environ.get('WANDB_API_KEY', '')}", flush=True)
     for epoch in range(int(fake.get("epochs", 1))):
