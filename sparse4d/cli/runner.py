@@ -98,6 +98,15 @@ def launch(ctx: click.Context, action: str) -> None:
     raise SystemExit(launch_main(action, list(ctx.args)))
 
 
+def _mount_demo() -> None:
+    from .demo import demo
+
+    cli.add_command(demo)
+
+
+_mount_demo()
+
+
 def _mount_optional() -> None:
     """Mount command groups of the skill, jobs and AutoML layers (each torch-free)."""
     try:
