@@ -106,13 +106,14 @@ def _unnegated_matches(text: str, patterns: tuple[str, ...]) -> list[str]:
     return hits
 
 
-def _negated_off(text: str) -> bool:
-    """True when an off-phrase is present but negated ("don't turn off AutoML")."""
-    return any(
-        _NEGATION.search(_clause_before(text, m.start()))
-        for pattern in _OFF_PATTERNS
-        for m in re.finditer(pattern, text)
-    )
+def _negated_off(text: str) -> str | None:
+    """The negated off-phrase ("don't turn off automl") when the request has one."""
+    for pattern in _OFF_PATTERNS:
+        for match in re.finditer(pattern, text):
+            negation = _NEGATION.search(_clause_before(text, match.start()))
+            if negation:
+                return (negation.group(0) + match.group(0)).strip()
+    return None
 
 
 def check_policy_value(value: str, *, key: str = "automl_policy") -> Policy:
@@ -143,9 +144,9 @@ def policy_from_request(request: str | None) -> tuple[Policy | None, str | None]
         return "off", off[0]
     if on:
         return "on", on[0]
-    if _negated_off(text):  # "don't disable AutoML": an explicit wish to keep it
-        match = next(m for p in _OFF_PATTERNS for m in re.finditer(p, text))
-        return "on", match.group(0).strip()
+    negated = _negated_off(text)
+    if negated:  # "don't disable AutoML": an explicit wish to keep it
+        return "on", negated
     return None, None
 
 
