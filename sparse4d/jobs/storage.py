@@ -2,9 +2,9 @@
 
 The S3 endpoint is ``$AWS_ENDPOINT_URL_S3`` or ``$AWS_ENDPOINT_URL`` (AWS itself when neither is set);
 credentials come from the usual boto3 chain. Every failure is a :class:`StorageError` that says what to
-fix (credentials, bucket, key, endpoint), raised before a job is launched. Calls retry with backoff a
-bounded number of times (``$SPARSE4D_S3_MAX_ATTEMPTS``, default 4) under short connect/read timeouts
-(``$SPARSE4D_S3_CONNECT_TIMEOUT`` 5 s, ``$SPARSE4D_S3_READ_TIMEOUT`` 30 s).
+fix (credentials, bucket, key, endpoint), raised before a job is launched. Calls retry with backoff
+(botocore "standard" mode) at most ``$SPARSE4D_S3_MAX_ATTEMPTS`` times in all, the first included
+(default 4), under short timeouts (``$SPARSE4D_S3_CONNECT_TIMEOUT`` 5 s, ``$SPARSE4D_S3_READ_TIMEOUT`` 30 s).
 
 Cache layout under ``cache_root`` (``$SPARSE4D_CACHE_DIR``, default ``~/.sparse4d/cache``)::
 
@@ -102,7 +102,7 @@ def s3_client() -> Any:
         )
     endpoint = endpoint_url()
     config = Config(
-        retries={"max_attempts": _env_number(MAX_ATTEMPTS_ENV, DEFAULT_MAX_ATTEMPTS, int), "mode": "standard"},
+        retries={"total_max_attempts": _env_number(MAX_ATTEMPTS_ENV, DEFAULT_MAX_ATTEMPTS, int), "mode": "standard"},
         connect_timeout=_env_number(CONNECT_TIMEOUT_ENV, DEFAULT_CONNECT_TIMEOUT, float),
         read_timeout=_env_number(READ_TIMEOUT_ENV, DEFAULT_READ_TIMEOUT, float),
         s3={"addressing_style": "path"} if endpoint else None,

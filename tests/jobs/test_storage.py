@@ -141,3 +141,38 @@ def test_job_fails_when_results_bucket_is_missing(s3_env: str, backend: JobBacke
     status = backend.wait(job_id, timeout=60, poll=0.1)
     assert status["status"] == "Error" and "upload failed" in status["reason"]
     assert "does not exist" in status["reason"]
+
+
+def test_slow_endpoint_times_out_after_bounded_retries(s3_env: str, monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    """An endpoint that accepts connections and never answers: read timeouts, 2 attempts, then a clear error."""
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    accepted: list[socket.socket] = []
+
+    def accept_forever() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(conn)  # hold it open, say nothing
+
+    threading.Thread(target=accept_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.setenv("SPARSE4D_S3_READ_TIMEOUT", "0.5")
+    started = time.monotonic()
+    try:
+        with pytest.raises(StorageError, match="unreachable after retries"):
+            sync_to_cache("s3://slow-bucket/file.bin", tmp_path / "cache")
+    finally:
+        server.close()
+        for conn in accepted:
+            conn.close()
+    assert time.monotonic() - started < 10
+    assert len(accepted) == 2  # SPARSE4D_S3_MAX_ATTEMPTS=2: one try and one retry, no more
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
