@@ -1,0 +1,127 @@
+"""The assembled Sparse4D on the small config: training step, stateful vs functional path, config checks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparse4d.config.model import ModelConfig
+from sparse4d.errors import DataError, InputFileError, SpecError
+from sparse4d.model.denoising import CarriedDenoising, attention_mask, make_denoising_queries, retarget_carried
+from sparse4d.model.sparse4d import Sparse4D
+from sparse4d.model.unsupported import check_supported
+
+from model_helpers import random_anchors, small_config, synthetic_batch
+
+
+@pytest.fixture(scope="module")
+def anchor_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("anchors") / "anchor_init.npy"
+    np.save(path, random_anchors(80))
+    return str(path)
+
+
+def test_training_forward_backward_two_frames(anchor_file: str) -> None:
+    torch.manual_seed(0)
+    model = Sparse4D.from_config(small_config(anchor_file), num_classes=3)
+    model.train()
+    for frame in range(2):
+        batch = synthetic_batch(2, first_frame=frame == 0, timestamp=0.1 * frame, seed=frame)
+        model.zero_grad()
+        out = model(batch)
+        losses = model.loss(out, batch)
+        assert {"loss", "loss_cls_0", "loss_box_1", "loss_cns_1", "loss_yns_1", "loss_cls_dn_1", "loss_depth"} <= set(losses)
+        assert all(torch.isfinite(v) for v in losses.values())
+        losses["loss"].backward()
+        assert model.backbone.conv1.weight.grad is not None and model.backbone.conv1.weight.grad.abs().sum() > 0
+        assert model.head.instance_bank.anchor.grad is not None
+    temp_gnn = model.head.layers[model.head.operation_order.index("temp_gnn")]
+    assert temp_gnn.attn.in_proj_weight.grad.abs().sum() > 0  # second frame attends to carried instances
+    assert model.temporal_state is not None and bool(model.temporal_state.valid.all())
+
+
+def test_forward_frame_equals_stateful_eval_and_ids_are_inherited(anchor_file: str) -> None:
+    torch.manual_seed(1)
+    cfg = small_config(anchor_file)
+    cfg.head.decoder.score_threshold = 0.0  # every query is confident enough for an id
+    model = Sparse4D.from_config(cfg, num_classes=3).eval()
+    state = model.initial_state(1)
+    num_temp = model.head.instance_bank.num_temp
+    with torch.no_grad():
+        for frame in range(3):
+            batch = synthetic_batch(1, first_frame=frame == 0, timestamp=0.1 * frame, seed=frame)
+            dets = model.predict(batch)
+            dt = torch.tensor([0.1 if frame else model.default_time_interval])
+            outputs, new_state = model.forward_frame(batch["img"], batch["projection_mat"], batch["image_wh"], dt, batch["first_frame"], state)
+            assert torch.allclose(outputs["scores_3d"][0][outputs["keep"][0]], dets[0]["scores_3d"], atol=1e-5)
+            assert torch.equal(outputs["track_ids"][0][outputs["keep"][0]], dets[0]["track_ids"])
+            assert dets[0]["boxes_3d"].shape[-1] == 10 and dets[0]["track_ids"].dtype == torch.int64
+            carried = outputs["query_index"][0] < num_temp
+            if frame > 0:  # carried queries keep the ids the state carried
+                expected = state.track_ids[0][outputs["query_index"][0][carried]]
+                assert torch.equal(outputs["track_ids"][0][carried], expected)
+            ids = outputs["track_ids"][0]
+            assert len(set(ids.tolist())) == len(ids)
+            state = new_state
+    assert torch.equal(model.temporal_state.track_ids, state.track_ids)
+
+
+def test_config_checks() -> None:
+    check_supported(ModelConfig())  # TAO defaults are accepted
+    for key, value in [("use_reid_sampling", True), ("drop_out", 0.2), ("reid_dims", 8)]:
+        cfg = small_config()
+        setattr(cfg.head, key, value)
+        with pytest.raises(SpecError, match=f"model.head.{key}"):
+            check_supported(cfg)
+    cfg = small_config()
+    cfg.use_temporal_align = True
+    with pytest.raises(SpecError, match="model.use_temporal_align"):
+        check_supported(cfg)
+    cfg = small_config()
+    cfg.head.num_decoder = 3
+    with pytest.raises(SpecError, match="model.head.num_decoder"):
+        check_supported(cfg)
+    cfg = small_config()
+    cfg.neck.in_channels = [256, 512, 1024, 2048]
+    with pytest.raises(SpecError, match="model.neck.in_channels"):
+        Sparse4D.from_config(cfg, 3, anchors=random_anchors(64))
+
+
+def test_missing_anchor_file_names_the_key(tmp_path) -> None:
+    with pytest.raises(InputFileError, match="model.head.instance_bank.anchor"):
+        Sparse4D.from_config(small_config(str(tmp_path / "nope.npy")), 3)
+
+
+def test_bad_batches_are_clear_errors() -> None:
+    model = Sparse4D.from_config(small_config(), 3, anchors=random_anchors(64)).eval()
+    batch = synthetic_batch(1, num_cams=5)  # max_num_cams is 4
+    with pytest.raises(DataError, match="max_num_cams"):
+        model.predict(batch)
+    batch = synthetic_batch(1)
+    batch["img"] = batch["img"][..., :200]
+    with pytest.raises(DataError, match="model.input_shape"):
+        model.predict(batch)
+
+
+def test_denoising_groups_targets_and_mask() -> None:
+    torch.manual_seed(0)
+    gt = [torch.tensor([[0.0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], [5.0, 5, 0, 0, 0, 0, 0, 1, 0, 0, 0]]), torch.zeros(0, 11)]
+    labels = [torch.tensor([1, 2]), torch.zeros(0, dtype=torch.int64)]
+    ids = [torch.tensor([7, 8]), torch.zeros(0, dtype=torch.int64)]
+    dn = make_denoising_queries(gt, labels, ids, num_groups=3, noise_scale=[2.0] * 3 + [0.5] * 8, max_dn_gt=8, add_neg_dn=True, reg_weights=torch.ones(11))
+    assert dn is not None and dn.group_size == 4 and dn.num_queries == 12
+    assert int((dn.cls_targets[0] >= 0).sum()) == 6 and int(dn.valid[0].sum()) == 12  # 2 positives per group
+    assert not dn.valid[1].any()
+    mask = attention_mask(5, dn, 2, torch.device("cpu"))
+    assert not mask[0, 0, :5].any() and mask[0, 0, 5:].all()  # normal queries never see denoising ones
+    assert not mask[0, 5, 5:9].any() and mask[0, 5, 9:].all() and mask[0, 5, :5].all()  # own group only
+    # carried group: instance 7 is still there, instance 8 left -> its query becomes background
+    carried = CarriedDenoising(
+        features=torch.zeros(2, 1, 4, 8), anchors=dn.anchors.reshape(2, 3, 4, 11)[:, :1],
+        cls_targets=dn.cls_targets.reshape(2, 3, 4)[:, :1], valid=dn.valid.reshape(2, 3, 4)[:, :1], instance_ids=dn.instance_ids.reshape(2, 3, 4)[:, :1],
+    )
+    new_gt = [torch.tensor([[1.0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0]]), torch.zeros(0, 11)]
+    box, cls = retarget_carried(carried, new_gt, [torch.tensor([1]), labels[1]], [torch.tensor([7]), ids[1]])
+    was7 = carried.instance_ids[0, 0] == 7
+    assert bool((cls[0, 0][was7] == 1).all()) and bool((cls[0, 0][~was7] == -1).all())
+    assert torch.allclose(box[0, 0][was7], new_gt[0].expand(int(was7.sum()), -1))
