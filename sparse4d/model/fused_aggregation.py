@@ -1,0 +1,371 @@
+"""Fused deformable aggregation in Triton: one forward pass, and a backward without atomics.
+
+Same function as `aggregation.deformable_aggregation` (bilinear, `align_corners=False`, zeros outside),
+computed without materialising the (B, N, C, Q, P) grid_sample intermediates.
+
+Why the backward looks like this: the public CUDA kernel adds every gradient with atomics, and the
+adds into the point and weight gradients collide (all channels of a sample hit one address), which
+serialises them. Here
+  * one program per query recomputes its samples and reduces over channels in registers, so the point
+    and weight gradients are written once each, and it records, per sample corner, the pixel it
+    touches (a key) and its bilinear coefficient;
+  * the keys are sorted (stable, so the result is deterministic) and cut into one segment per pixel;
+  * one program per pixel sums its segment (grad_out x weight x coefficient) and writes that pixel's
+    gradient once. Pixels nobody touched get zeros from the same write, so no memset is needed.
+
+Feature maps are read as channels-last (B, N, H, W, C) per level: a neck that runs channels_last
+hands them over without a copy; anything else is copied once per call.
+
+This module imports on machines without CUDA or Triton; `enable_fused_aggregation()` then returns
+False and the grid_sample reference stays in use.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .aggregation import deformable_aggregation, set_fused_aggregation_impl
+
+try:  # Triton is optional: CPU-only installs have none.
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the installation
+    triton = None
+    tl = None
+
+_SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_META_COLUMNS = 4  # per level: element offset from level 0, H, W, first pixel index in the grad buffer
+_OFFSET_ALIGN = 16  # elements; lets Triton use 16-byte loads along channels
+
+
+def triton_available() -> bool:
+    return triton is not None
+
+
+def fused_aggregation_available() -> bool:
+    """True when the kernel can run here: Triton importable and a CUDA device present."""
+    return triton is not None and torch.cuda.is_available()
+
+
+def enable_fused_aggregation() -> bool:
+    """Plug the kernel into `aggregation.select_aggregation_impl`; False (and no change) when unavailable."""
+    if not fused_aggregation_available():
+        return False
+    set_fused_aggregation_impl(fused_deformable_aggregation)
+    return True
+
+
+def fused_deformable_aggregation(feature_maps: list[Tensor], points: Tensor, weights: Tensor) -> Tensor:
+    """Drop-in for `deformable_aggregation`; falls back to it where the kernel cannot run."""
+    if not _kernel_applies(feature_maps, points, weights):
+        return deformable_aggregation(feature_maps, points, weights)
+    return _FusedAggregation.apply(points, weights, *feature_maps)
+
+
+def _kernel_applies(feature_maps: list[Tensor], points: Tensor, weights: Tensor) -> bool:
+    if triton is None or not feature_maps or not points.is_cuda:
+        return False
+    dtype = feature_maps[0].dtype
+    if dtype not in _SUPPORTED_DTYPES or points.dtype not in _SUPPORTED_DTYPES or weights.dtype not in _SUPPORTED_DTYPES:
+        return False
+    b, q, p, n, two = points.shape
+    if two != 2 or weights.shape[:5] != (b, q, n, len(feature_maps), p):
+        return False
+    if b * q * p * n * len(feature_maps) * 4 >= 2**31:
+        return False  # entry indices are int32 inside the kernels
+    c = feature_maps[0].shape[2]
+    for feat in feature_maps:
+        if feat.dim() != 5 or feat.shape[:3] != (b, n, c) or feat.dtype != dtype or feat.device != points.device:
+            return False
+    return c % weights.shape[-1] == 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layout helpers (host side)
+
+
+def _channels_last(feat: Tensor) -> Tensor:
+    """(B, N, C, H, W) -> contiguous (B, N, H, W, C), a view when the map already is channels-last."""
+    return feat.permute(0, 1, 3, 4, 2).contiguous()
+
+
+def _level_table(levels: list[Tensor], batch: int, cams: int) -> tuple[Tensor, list[Tensor], int]:
+    """Per-level metadata, relative to level 0's pointer so the kernel loops over levels at run time."""
+    esize = levels[0].element_size()
+    if levels[0].data_ptr() % (esize * _OFFSET_ALIGN) != 0:
+        levels = [levels[0].clone(), *levels[1:]]
+    base_ptr = levels[0].data_ptr()
+    aligned: list[Tensor] = []
+    rows: list[list[int]] = []
+    pixel_base = 0
+    for lvl in levels:
+        offset_bytes = lvl.data_ptr() - base_ptr
+        if offset_bytes % (esize * _OFFSET_ALIGN) != 0:
+            lvl = lvl.clone()  # a fresh allocation is 512-byte aligned
+            offset_bytes = lvl.data_ptr() - base_ptr
+        aligned.append(lvl)
+        h, w = lvl.shape[2], lvl.shape[3]
+        rows.append([offset_bytes // esize, h, w, pixel_base])
+        pixel_base += batch * cams * h * w
+    table = torch.tensor(rows, dtype=torch.int64, device=levels[0].device)
+    return table, aligned, pixel_base
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+# Launch shapes, measured on an H100 (benchmarks/aggregation_kernel.py); module-level so the
+# benchmark can sweep them.
+FORWARD_WARPS = 8
+FORWARD_GROUPS_PER_PROGRAM = 0  # 0 = all groups in one program
+BACKWARD_WARPS = 8
+PIXEL_WARPS = 4
+PIXEL_BLOCK_ENTRIES = 16
+
+
+class _FusedAggregation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, points: Tensor, weights: Tensor, *feature_maps: Tensor) -> Tensor:  # type: ignore[override]
+        b, q, p, n, _ = points.shape
+        num_levels = len(feature_maps)
+        groups = weights.shape[-1]
+        c = feature_maps[0].shape[2]
+        cg = c // groups
+        levels = [_channels_last(f) for f in feature_maps]
+        table, levels, _ = _level_table(levels, b, n)
+        points_c = points.contiguous()
+        weights_c = weights.contiguous()
+        out = torch.empty(b, q, c, device=points.device, dtype=feature_maps[0].dtype)
+        block_g = _next_pow2(groups) if FORWARD_GROUPS_PER_PROGRAM <= 0 else _next_pow2(FORWARD_GROUPS_PER_PROGRAM)
+        grid = (b * q, triton.cdiv(groups, block_g))
+        _forward_kernel[grid](
+            levels[0], table, points_c, weights_c, out, q, n, num_levels,
+            P=p, G=groups, CG=cg, BLOCK_P=_next_pow2(p), BLOCK_G=block_g, BLOCK_CG=_next_pow2(cg),
+            num_warps=FORWARD_WARPS,
+        )
+        ctx.save_for_backward(points_c, weights_c, *levels)
+        ctx.shapes = [tuple(f.shape) for f in feature_maps]
+        ctx.points_dtype = points.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        points, weights, *levels = ctx.saved_tensors
+        b, q, p, n, _ = points.shape
+        num_levels = len(levels)
+        groups = weights.shape[-1]
+        c = levels[0].shape[-1]
+        cg = c // groups
+        device = points.device
+        table, levels, total_pixels = _level_table(list(levels), b, n)
+        grad_out = grad_out.contiguous()
+        grad_points = torch.empty(points.shape, device=device, dtype=torch.float32)
+        grad_weights = torch.empty(weights.shape, device=device, dtype=torch.float32)
+        entries = b * q * p * n * num_levels * 4
+        key_dtype = torch.int32 if total_pixels < 2**31 - 1 else torch.int64
+        keys = torch.empty(entries, device=device, dtype=key_dtype)
+        coefs = torch.empty(entries, device=device, dtype=torch.float32)
+        _query_backward_kernel[(b * q,)](
+            levels[0], table, points, weights, grad_out, grad_points, grad_weights, keys, coefs,
+            q, n, num_levels, total_pixels,
+            P=p, G=groups, CG=cg, BLOCK_P=_next_pow2(p), BLOCK_G=_next_pow2(groups), BLOCK_CG=_next_pow2(cg),
+            num_warps=BACKWARD_WARPS,
+        )
+        sorted_keys, order = torch.sort(keys, stable=True)
+        # Key total_pixels marks corners outside every map; it sorts last and belongs to no pixel.
+        bounds = torch.arange(total_pixels + 1, device=device, dtype=key_dtype)
+        seg_start = torch.searchsorted(sorted_keys, bounds)
+        grad_buffer = torch.empty(total_pixels * c, device=device, dtype=levels[0].dtype)
+        _pixel_backward_kernel[(total_pixels,)](
+            seg_start, order, coefs, weights, grad_out, grad_buffer, q, n, num_levels,
+            P=p, G=groups, CG=cg, BLOCK_E=PIXEL_BLOCK_ENTRIES, BLOCK_G=_next_pow2(groups), BLOCK_CG=_next_pow2(cg),
+            num_warps=PIXEL_WARPS,
+        )
+        grad_maps = []
+        start = 0
+        for (_, _, _, h, w) in ctx.shapes:
+            size = b * n * h * w * c
+            grad_maps.append(grad_buffer[start:start + size].view(b, n, h, w, c).permute(0, 1, 4, 2, 3))
+            start += size
+        return (grad_points.to(ctx.points_dtype), grad_weights.to(weights.dtype), *grad_maps)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Triton kernels
+
+if triton is not None:
+
+    @triton.jit
+    def _bilinear_setup(u, v, height, width):
+        """Pixel coordinates of the top-left corner, fractional parts, and whether any corner is inside."""
+        hf = height.to(tl.float32)
+        wf = width.to(tl.float32)
+        x = u * wf - 0.5
+        y = v * hf - 0.5
+        near = (x > -1.0) & (x < wf) & (y > -1.0) & (y < hf)  # NaN compares False
+        x = tl.where(near, x, -2.0)
+        y = tl.where(near, y, -2.0)
+        x0f = tl.floor(x)
+        y0f = tl.floor(y)
+        return x0f.to(tl.int32), y0f.to(tl.int32), x - x0f, y - y0f, near
+
+    @triton.jit
+    def _forward_kernel(
+        feat_ptr, table_ptr, points_ptr, weights_ptr, out_ptr, Q, N, L,
+        P: tl.constexpr, G: tl.constexpr, CG: tl.constexpr,
+        BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr,
+    ):
+        bq = tl.program_id(0)
+        b = bq // Q
+        offs_p = tl.arange(0, BLOCK_P)
+        offs_g = tl.program_id(1) * BLOCK_G + tl.arange(0, BLOCK_G)
+        offs_j = tl.arange(0, BLOCK_CG)
+        mask_p = offs_p < P
+        mask_g = offs_g < G
+        chan = offs_g[:, None] * CG + offs_j[None, :]
+        chan_mask = mask_g[:, None] & (offs_j < CG)[None, :]
+        acc = tl.zeros([BLOCK_G, BLOCK_CG], dtype=tl.float32)
+        for n in range(N):
+            pt = points_ptr + ((bq * P + offs_p) * N + n) * 2
+            u = tl.load(pt, mask=mask_p, other=-1.0).to(tl.float32)
+            v = tl.load(pt + 1, mask=mask_p, other=-1.0).to(tl.float32)
+            for lvl in range(L):
+                row = table_ptr + lvl * 4
+                offset = tl.multiple_of(tl.load(row), 16)
+                height = tl.load(row + 1)
+                width = tl.load(row + 2)
+                x0, y0, fx, fy, near = _bilinear_setup(u, v, height, width)
+                near = near & mask_p
+                w_idx = (((bq * N + n) * L + lvl) * P + offs_p)[:, None] * G + offs_g[None, :]
+                wts = tl.load(weights_ptr + w_idx, mask=mask_p[:, None] & mask_g[None, :], other=0.0).to(tl.float32)
+                image = feat_ptr + offset + (b * N + n) * height * width * (G * CG)
+                sample = tl.zeros([BLOCK_P, BLOCK_G, BLOCK_CG], dtype=tl.float32)
+                for corner in tl.static_range(4):
+                    dy = corner // 2
+                    dx = corner % 2
+                    xi = x0 + dx
+                    yi = y0 + dy
+                    ok = near & (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
+                    cw = (fx * dx + (1.0 - fx) * (1 - dx)) * (fy * dy + (1.0 - fy) * (1 - dy))
+                    pix = (yi * width + xi).to(tl.int64) * (G * CG)
+                    val = tl.load(image + pix[:, None, None] + chan[None, :, :], mask=ok[:, None, None] & chan_mask[None, :, :], other=0.0)
+                    sample += cw[:, None, None] * val.to(tl.float32)
+                acc += tl.sum(sample * wts[:, :, None], axis=0)
+        tl.store(out_ptr + bq * (G * CG) + chan, acc.to(out_ptr.dtype.element_ty), mask=chan_mask)
+
+    @triton.jit
+    def _query_backward_kernel(
+        feat_ptr, table_ptr, points_ptr, weights_ptr, grad_out_ptr, grad_points_ptr, grad_weights_ptr,
+        keys_ptr, coefs_ptr, Q, N, L, OUTSIDE_KEY,
+        P: tl.constexpr, G: tl.constexpr, CG: tl.constexpr,
+        BLOCK_P: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr,
+    ):
+        bq = tl.program_id(0)
+        b = bq // Q
+        offs_p = tl.arange(0, BLOCK_P)
+        offs_g = tl.arange(0, BLOCK_G)
+        offs_j = tl.arange(0, BLOCK_CG)
+        mask_p = offs_p < P
+        mask_g = offs_g < G
+        chan = offs_g[:, None] * CG + offs_j[None, :]
+        chan_mask = mask_g[:, None] & (offs_j < CG)[None, :]
+        go = tl.load(grad_out_ptr + bq * (G * CG) + chan, mask=chan_mask, other=0.0).to(tl.float32)
+        for n in range(N):
+            pt = points_ptr + ((bq * P + offs_p) * N + n) * 2
+            u = tl.load(pt, mask=mask_p, other=-1.0).to(tl.float32)
+            v = tl.load(pt + 1, mask=mask_p, other=-1.0).to(tl.float32)
+            grad_u = tl.zeros([BLOCK_P], dtype=tl.float32)
+            grad_v = tl.zeros([BLOCK_P], dtype=tl.float32)
+            for lvl in range(L):
+                row = table_ptr + lvl * 4
+                offset = tl.multiple_of(tl.load(row), 16)
+                height = tl.load(row + 1)
+                width = tl.load(row + 2)
+                pixel_base = tl.load(row + 3)
+                x0, y0, fx, fy, near = _bilinear_setup(u, v, height, width)
+                near = near & mask_p
+                w_idx = (((bq * N + n) * L + lvl) * P + offs_p)[:, None] * G + offs_g[None, :]
+                w_mask = mask_p[:, None] & mask_g[None, :]
+                wts = tl.load(weights_ptr + w_idx, mask=w_mask, other=0.0).to(tl.float32)
+                image_pix = (b * N + n) * height * width
+                image = feat_ptr + offset + image_pix * (G * CG)
+                entry = ((((bq * P + offs_p) * N + n) * L + lvl) * 4).to(tl.int64)
+                v00 = tl.zeros([BLOCK_P, BLOCK_G, BLOCK_CG], dtype=tl.float32)
+                v01 = tl.zeros([BLOCK_P, BLOCK_G, BLOCK_CG], dtype=tl.float32)
+                v10 = tl.zeros([BLOCK_P, BLOCK_G, BLOCK_CG], dtype=tl.float32)
+                v11 = tl.zeros([BLOCK_P, BLOCK_G, BLOCK_CG], dtype=tl.float32)
+                for corner in tl.static_range(4):
+                    dy = corner // 2
+                    dx = corner % 2
+                    xi = x0 + dx
+                    yi = y0 + dy
+                    ok = near & (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
+                    cw = (fx * dx + (1.0 - fx) * (1 - dx)) * (fy * dy + (1.0 - fy) * (1 - dy))
+                    pix = yi * width + xi
+                    val = tl.load(
+                        image + pix.to(tl.int64)[:, None, None] * (G * CG) + chan[None, :, :],
+                        mask=ok[:, None, None] & chan_mask[None, :, :], other=0.0,
+                    ).to(tl.float32)
+                    key = tl.where(ok, pixel_base + image_pix + pix, OUTSIDE_KEY)
+                    tl.store(keys_ptr + entry + corner, key.to(keys_ptr.dtype.element_ty), mask=mask_p)
+                    tl.store(coefs_ptr + entry + corner, cw, mask=mask_p)
+                    if corner == 0:
+                        v00 = val
+                    elif corner == 1:
+                        v01 = val
+                    elif corner == 2:
+                        v10 = val
+                    else:
+                        v11 = val
+                wx0 = (1.0 - fx)[:, None, None]
+                wx1 = fx[:, None, None]
+                wy0 = (1.0 - fy)[:, None, None]
+                wy1 = fy[:, None, None]
+                sample = wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11)
+                tl.store(grad_weights_ptr + w_idx, tl.sum(sample * go[None, :, :], axis=2), mask=w_mask)
+                scaled = go[None, :, :] * wts[:, :, None]
+                d_x = wy0 * (v01 - v00) + wy1 * (v11 - v10)
+                d_y = wx0 * (v10 - v00) + wx1 * (v11 - v01)
+                grad_u += tl.sum(tl.sum(scaled * d_x, axis=2), axis=1) * width.to(tl.float32)
+                grad_v += tl.sum(tl.sum(scaled * d_y, axis=2), axis=1) * height.to(tl.float32)
+            gp = grad_points_ptr + ((bq * P + offs_p) * N + n) * 2
+            tl.store(gp, grad_u, mask=mask_p)
+            tl.store(gp + 1, grad_v, mask=mask_p)
+
+    @triton.jit
+    def _pixel_backward_kernel(
+        seg_start_ptr, order_ptr, coefs_ptr, weights_ptr, grad_out_ptr, grad_buffer_ptr, Q, N, L,
+        P: tl.constexpr, G: tl.constexpr, CG: tl.constexpr,
+        BLOCK_E: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr,
+    ):
+        pixel = tl.program_id(0).to(tl.int64)
+        start = tl.load(seg_start_ptr + pixel)
+        end = tl.load(seg_start_ptr + pixel + 1)
+        offs_e = tl.arange(0, BLOCK_E)
+        offs_g = tl.arange(0, BLOCK_G)
+        offs_j = tl.arange(0, BLOCK_CG)
+        mask_g = offs_g < G
+        chan = offs_g[:, None] * CG + offs_j[None, :]
+        chan_mask = mask_g[:, None] & (offs_j < CG)[None, :]
+        acc = tl.zeros([BLOCK_G, BLOCK_CG], dtype=tl.float32)
+        for first in range(start, end, BLOCK_E):
+            pos = first + offs_e
+            live = pos < end
+            entry = tl.load(order_ptr + pos, mask=live, other=0)
+            coef = tl.load(coefs_ptr + entry, mask=live, other=0.0)
+            sample = entry // 4
+            lvl = sample % L
+            sample = sample // L
+            n = sample % N
+            sample = sample // N
+            p = sample % P
+            bq = sample // P
+            w_idx = (((bq * N + n) * L + lvl) * P + p)[:, None] * G + offs_g[None, :]
+            wts = tl.load(weights_ptr + w_idx, mask=live[:, None] & mask_g[None, :], other=0.0).to(tl.float32)
+            go = tl.load(
+                grad_out_ptr + bq[:, None, None] * (G * CG) + chan[None, :, :],
+                mask=live[:, None, None] & chan_mask[None, :, :], other=0.0,
+            ).to(tl.float32)
+            acc += tl.sum(go * (wts * coef[:, None])[:, :, None], axis=0)
+        tl.store(grad_buffer_ptr + pixel * (G * CG) + chan, acc.to(grad_buffer_ptr.dtype.element_ty), mask=chan_mask)
