@@ -149,7 +149,7 @@ def _apply_rule(row: DataSource, root: str, converted: str, scene: str) -> str:
 
 # --------------------------------------------------------------------------- scene discovery
 
-Lister = Callable[[str], Iterable[str]]  # prefix/dir -> object keys or file names below it
+Lister = Callable[[str], Iterable[str]]  # s3 prefix -> object keys below it
 
 
 def scene_from_annotation_name(name: str, split: str) -> str | None:
@@ -194,8 +194,8 @@ def discover_scene(converted: str, split: str, *, scene: str | None = None, list
     is an error: guessing one would silently train on the wrong annotations.
     """
     split_dir = join(converted, split)
-    if lister is None:
-        lister = s3_lister if is_s3(converted) else _local_lister
+    # The injected lister serves s3 prefixes (tests, custom endpoints); local folders are listed directly.
+    lister = (lister or s3_lister) if is_s3(converted) else _local_lister
     found = sorted({name for name in (scene_from_annotation_name(n, split) for n in lister(split_dir)) if name})
     if not found:
         raise InputFileError(

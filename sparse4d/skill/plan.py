@@ -20,7 +20,7 @@ from .checkpoints import select_parent_model
 from .policy import AUTOML_ROUTE, default_skill_dir, resolve_automl_policy
 from .schema_keys import key_in_schema, load_schema
 from .spec_params import describe_spec_params, infer_spec_params
-from .triggers import matches_skill, mentions_sparse4d, other_model_named
+from .triggers import matches_skill, other_model_named
 
 SKILL_NAME = "sparse4d"
 RESULTS_PLACEHOLDER = "<job results_dir>"
@@ -73,7 +73,8 @@ def job_results_dir(job_id: str, *, jobs_root: str | Path | None = None, expect_
                         hint=f"pass the id of a {expect_action} job")
     if record.get("status") != "Done" and warnings is not None:
         warnings.append(f"job {job_id} is {record.get('status')}, not Done: its results may be incomplete")
-    return store.job_dir(job_id) / "results"
+    # The record names its results folder (a spec may have set results_dir); default <job>/results.
+    return Path(record.get("results_dir") or store.job_dir(job_id) / "results")
 
 
 def list_artifacts(folder: Path, *, limit: int = 10_000) -> list[str]:
@@ -134,8 +135,9 @@ def make_plan(
     """
     ds.sources_for(action)  # unknown action -> SpecError
     root_dir = Path(skill_dir) if skill_dir is not None else default_skill_dir()
-    if request and not mentions_sparse4d(request) and other_model_named(request):
-        return _not_ours(action, request, f"the request is about {other_model_named(request)}, not Sparse4D")
+    other = other_model_named(request)
+    if other:
+        return _not_ours(action, request, f"the request is about {other}, not Sparse4D")
     if convert_dir and convert_job_id:
         raise SpecError("give either a convert job id or a convert folder, not both", key="convert_job_id")
     if parent_dir and parent_job_id:
