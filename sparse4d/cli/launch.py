@@ -94,9 +94,29 @@ def resolve(req: LaunchRequest) -> tuple[dict[str, Any], dict[str, Any], Any]:
     for text in req.overrides:  # the user's own values win (typed as YAML scalars)
         key, value = parse_override(text)
         overrides[key] = value
-    report = validate_spec(req.action, spec, overrides={k: _typed(v) for k, v in overrides.items()}, for_launch=True)
+    overrides = {k: _typed(v) for k, v in overrides.items()}
+    overrides.update(_local_inputs(spec, overrides))
+    report = validate_spec(req.action, spec, overrides=overrides, for_launch=True)
     resolved = report.spec.model_dump(mode="json") if report.spec is not None else None
     return plan, resolved, report
+
+
+def _local_inputs(spec: dict[str, Any], overrides: dict[str, Any]) -> dict[str, str]:
+    """Sync every s3:// input (data roots, annotations, anchors, checkpoints) to the ETag-keyed cache.
+
+    results_dir stays remote: the job writes locally and the supervisor uploads on completion.
+    """
+    from ..config.loading import apply_overrides
+    from ..config.semantic import walk_leaves
+    from ..jobs.storage import is_s3_uri, sync_to_cache
+
+    merged = apply_overrides(spec, overrides)
+    local: dict[str, str] = {}
+    for key, value in walk_leaves(merged):
+        if is_s3_uri(value) and "[" not in key and key != "results_dir" and not key.endswith(".results_dir"):
+            local[key] = str(sync_to_cache(value))
+            log(f"{key}: {value} -> {local[key]}")
+    return local
 
 
 def _typed(value: Any) -> Any:

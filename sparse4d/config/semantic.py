@@ -31,13 +31,13 @@ def is_remote(path: str) -> bool:
     return "://" in path
 
 
-def _walk(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def walk_leaves(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     if isinstance(value, dict):
         for k, v in value.items():
-            yield from _walk(v, f"{prefix}.{k}" if prefix else str(k))
+            yield from walk_leaves(v, f"{prefix}.{k}" if prefix else str(k))
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            yield from _walk(v, f"{prefix}[{i}]")
+            yield from walk_leaves(v, f"{prefix}[{i}]")
     else:
         yield prefix, value
 
@@ -48,7 +48,7 @@ def check_semantics(report: SpecReport, *, for_launch: bool = False, check_files
     if spec is None:
         return report
     errors, warnings = report.errors, report.warnings
-    for key, value in _walk(spec.model_dump()):
+    for key, value in walk_leaves(spec.model_dump()):
         if value == MISSING:
             errors.append(SpecIssue(key, "still holds the placeholder ???", "set a real value (spec file or -o key=value)"))
     if hasattr(spec, "model"):
