@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import uuid
 from pathlib import Path
@@ -14,29 +13,11 @@ from sparse4d.jobs.backend import JobBackend
 FAKE_TRAINER = Path(__file__).with_name("fake_trainer.py")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def backend(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> JobBackend:
     monkeypatch.setenv("SPARSE4D_TRAINER", f"{sys.executable} {FAKE_TRAINER}")
     monkeypatch.setenv("SPARSE4D_JOBS_ROOT", str(tmp_path / "jobs"))
     return JobBackend(tmp_path / "jobs")
-
-
-@pytest.fixture(scope="session")
-def moto_endpoint() -> str:
-    """moto's S3 server on 127.0.0.1 (a real HTTP endpoint), for the whole session."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 def _clean_aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ from sparse4d.errors import DataError, InputFileError, StorageError
 from sparse4d.jobs.backend import JobBackend
 from sparse4d.jobs.storage import check_exists, parse_s3_uri, sync_to_cache, upload_dir
 
-from conftest import free_port
 
 
 @pytest.fixture
@@ -110,7 +109,7 @@ def test_missing_credentials(no_aws_env: None, moto_endpoint: str, monkeypatch: 
 
 def test_endpoint_down_fails_fast_without_partial_cache(s3_env: str, monkeypatch: pytest.MonkeyPatch,
                                                           tmp_path: Path) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://127.0.0.1:{_free_port()}")  # nothing listens there
     started = time.monotonic()
     with pytest.raises(StorageError, match="unreachable") as info:
         sync_to_cache("s3://some-bucket/data/file.bin", tmp_path / "cache")
@@ -176,3 +175,11 @@ def test_slow_endpoint_times_out_after_bounded_retries(s3_env: str, monkeypatch:
     assert time.monotonic() - started < 10
     assert len(accepted) == 2  # SPARSE4D_S3_MAX_ATTEMPTS=2: one try and one retry, no more
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and not p.name.endswith(".lock")]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
