@@ -5,9 +5,11 @@ tests. The rules:
 
 1. An explicit epoch and/or step wins and never falls back to a ``*latest*`` file: a resumed or
    evaluated model must be the one the user named, and "latest" is overwritten while training runs.
-2. Zero-indexed epochs: Lightning counts epochs from 0, so after the 3rd epoch the file says
-   ``epoch_002``. When epoch N is asked and no file carries epoch N, the file with epoch N-1 (and the
-   same step, when a step was asked) is used and the choice says so. An exact match always wins.
+2. Zero-indexed epochs: this package's trainer numbers a file by *completed* epochs (the file written
+   after the 3rd epoch says ``epoch_003``), but trainers that count from 0 (Lightning's
+   ``current_epoch``) write ``epoch_002`` for the same point. When epoch N is asked and no file carries
+   epoch N, the file with epoch N-1 (and the same step, when a step was asked) is used and the choice
+   carries a warning. An exact match always wins.
 3. Without epoch/step: the highest (epoch, step) ``model_epoch_XXX_step_YYYYY.pth``; ``*latest*``
    files are never chosen.
 4. Parents of export/quantize jobs: inference and evaluate take the parent's
@@ -112,8 +114,8 @@ def select_checkpoint(artifacts: Iterable[str], *, epoch: int | None = None, ste
         shifted = matching(epoch - 1)
         if shifted:
             e, s, name = shifted[-1]
-            note = (f"no checkpoint carries epoch {epoch}; using {name} (epoch {e}): checkpoint epochs are "
-                    f"zero-indexed, so the file of the {epoch}th epoch is numbered {e}")
+            note = (f"no checkpoint carries epoch {epoch}; using {name} (epoch {e}): its epochs look "
+                    f"zero-indexed, so epoch {epoch} counted from 1 is numbered {e}")
             return CheckpointChoice(name, "pth", e, s, "explicit epoch/step (zero-indexed epoch)", (note,))
     asked = " ".join(p for p in (f"epoch {epoch}" if epoch is not None else "",
                                  f"step {step}" if step is not None else "") if p)

@@ -215,7 +215,9 @@ def discover_scene(converted: str, split: str, *, scene: str | None = None, list
         raise SpecError(
             f"{split_dir} holds several converted scenes: {', '.join(found)}",
             key=f"dataset.{split}_dataset.ann_file",
-            hint="pick one with --scene (or set the ann_file override yourself)",
+            hint=(f"pick one with --scene, or train on all of them with "
+                  f"-o dataset.{split}_dataset.ann_file={split_dir} (the dataset reads every *_infos_{split}.pkl "
+                  "in a folder)"),
         )
     return found[0]
 
