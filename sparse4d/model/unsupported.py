@@ -17,6 +17,7 @@ REJECTED_UNLESS_DEFAULT: dict[str, tuple[Any, str]] = {
     "head.instance_bank.use_temporal_align": (False, "ego-motion alignment is not implemented (static cameras)"),
     "head.instance_bank.grid_size": (None, "unused TAO key; it must stay null"),
     "head.sampler.use_temporal_align": (False, "ego-motion alignment of denoising queries is not implemented"),
+    "head.sampler.gt_assign_threshold": (0.5, "TAO's carry-over of last frame's query-to-GT assignment is not implemented (upstream Sparse4D matches every frame afresh)"),
     "head.use_reid_sampling": (False, "re-ID sampling is not implemented"),
     "head.reid_dims": (0, "re-ID features are not implemented"),
     "head.drop_out": (0.1, "TAO key without an effect here; set dropout per layer with head.graph_model.dropout, head.ffn.ffn_drop and head.deformable_model.attn_drop"),
