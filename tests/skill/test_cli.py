@@ -87,7 +87,10 @@ def test_plan_exit_codes(layout: dict[str, Path], args: list[str], code: int) ->
     assert got == code
     if code != 2:  # usage errors are click's; everything else is one JSON document
         doc = json.loads(out)
-        assert doc.get("exit_code", code) == code or doc.get("status") == "not_this_skill"
+        if doc.get("status") == "not_this_skill":
+            assert doc["skill"] is None and "bevfusion" in doc["reason"]
+        else:
+            assert doc["ok"] is False and doc["exit_code"] == code and doc["error"]["message"]
 
 
 def test_convert_first_is_ok_with_instructions(layout: dict[str, Path]) -> None:
