@@ -307,7 +307,14 @@ def resolve_data_sources(
                     f"{row.spec_key}: your override {user[row.spec_key]!r} replaces the data-source value {value!r}")
             value = user[row.spec_key]
         elif check_exists:
-            _check_local(value, row.kind, row.spec_key, action)
+            try:
+                _check_local(value, row.kind, row.spec_key, action)
+            except InputFileError as exc:
+                if action != "export":
+                    raise
+                # Export rebuilds the network (anchors included) from the checkpoint; the key stays for
+                # TAO compatibility, so a missing file only earns a warning.
+                result.warnings.append(f"{row.spec_key}: {exc.message} (export takes the anchors from the checkpoint)")
         result.overrides[row.spec_key] = value
         result.sources[row.spec_key] = {"source": row.role, "role_used": role_used, "value": value}
     if len(set(result.scenes.values())) > 1:

@@ -27,10 +27,10 @@ RESULTS_PLACEHOLDER = "<job results_dir>"
 _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _EXPORT_WORDS = re.compile(r"\b(export|onnx|deploy|deployment|tensorrt|trt)\b", re.IGNORECASE)
 EXPORT_CONTRACT = (
-    "export contract: the exported graph takes its camera slots (model.head.deformable_model.max_num_cams) "
-    "and temporal instances (model.head.instance_bank.num_temp_instances) from the checkpoint's saved config, "
-    "and model.head.instance_bank.anchor must be the anchor_init.npy of the same dataset_convert run used "
-    "for training"
+    "export contract: the exported graph is rebuilt from the checkpoint's saved config, so its camera slots "
+    "(model.head.deformable_model.max_num_cams), temporal instances "
+    "(model.head.instance_bank.num_temp_instances) and anchors (the weights trained from anchor_init.npy) "
+    "are the training run's; train with the values the deployment needs"
 )
 
 
