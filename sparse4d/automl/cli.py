@@ -113,6 +113,7 @@ def start(spec: Path | None, overrides: tuple[str, ...], algorithm: str, params:
         controller = Controller(study, resolved, backend, poll=poll, log=log)
         doc = controller.run()
         doc["launched_jobs"] = controller.launched
+        doc["reattached_jobs"] = controller.reattached
         if as_json:
             emit_json(doc)
         else:

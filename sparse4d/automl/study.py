@@ -55,7 +55,6 @@ from .search_space import SearchSpace, UnsatisfiableCondition, build_search_spac
 STUDY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 CONFIG_ATTR, STOP_ATTR = "sparse4d_config", "stop_requested"
 AUTOML_DIR = "automl"
-JOURNAL_LOCK_GRACE_S = 10
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -141,6 +140,36 @@ def _dig(tree: Mapping[str, Any], key: str) -> Any:
 
 # ---- storage ---------------------------------------------------------------------------------
 
+try:  # Optuna's lock interface for journal files (acquire/release); private in Optuna 4-5
+    from optuna.storages.journal._file import BaseJournalFileLock as _JournalLockBase
+except ImportError:  # pragma: no cover - a later Optuna moved it; the backend only calls the two methods
+    _JournalLockBase = object  # type: ignore[assignment,misc]
+
+
+class FlockJournalLock(_JournalLockBase):  # type: ignore[misc,valid-type]
+    """Journal lock on ``flock``: the kernel drops it when its holder dies, so a controller killed
+    mid-write never leaves a stale lock (Optuna's own file locks wait out a grace period instead)."""
+
+    def __init__(self, journal: Path) -> None:
+        self.path = Path(f"{journal}.flock")
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing drops the flock
+
+
 
 def automl_dir(jobs_root: Path) -> Path:
     folder = Path(jobs_root) / AUTOML_DIR
@@ -158,20 +187,21 @@ def open_storage(storage: str | None, jobs_root: Path, study: str) -> optuna.sto
         except Exception as exc:  # noqa: BLE001 - driver missing, server down, bad URL
             raise SpecError(f"cannot open the study storage {storage!r}: {exc}", key="storage",
                             hint="use sqlite:///path.db, postgresql://user@host/db, or a journal file path") from None
-    from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+    from optuna.storages.journal import JournalFileBackend
 
     path = Path(storage) if storage else automl_dir(jobs_root) / f"{study}.journal"
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A controller killed while holding the journal lock leaves it behind; it is taken over after 10 s.
-    lock = JournalFileSymlinkLock(str(path), grace_period=JOURNAL_LOCK_GRACE_S)
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=FlockJournalLock(path)))
 
 
-def _sampler(config: StudyConfig) -> optuna.samplers.BaseSampler:
+def _sampler(config: StudyConfig, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """The algorithm's sampler. A continued study shifts the seed by its trial count, so a restarted
+    controller does not replay the first configurations again."""
+    seed = None if config.seed is None else config.seed + trials_so_far
     if config.algorithm in ("bayesian", "bohb"):
-        return optuna.samplers.TPESampler(seed=config.seed, n_startup_trials=min(10, max(2, config.max_trials // 3)),
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, config.max_trials // 3)),
                                           constant_liar=True)
-    return optuna.samplers.RandomSampler(seed=config.seed)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def load_study(storage: optuna.storages.BaseStorage, study: str) -> tuple[optuna.Study, StudyConfig]:
@@ -280,11 +310,14 @@ class Controller:
         self.poll, self.log = poll, log
         self.owner = _owner(backend)
         self.launched: list[str] = []  # job ids this controller created (for tests and reports)
+        self.reattached: list[str] = []  # jobs of a previous controller picked up again
 
     # -- loop --
     def run(self) -> dict[str, Any]:
         with controller_lock(self.backend, self.config.study):
             self.study.set_user_attr(STOP_ATTR, False)
+            self.study.sampler = _sampler(self.config, len(self.study.get_trials(deepcopy=False)))
+            self._announce_reattached()
             while True:
                 if self.study.user_attrs.get(STOP_ATTR):
                     self.stop_owned("stopped by request")
@@ -303,6 +336,14 @@ class Controller:
                 if not progressed:
                     time.sleep(self.poll)
         return study_summary(self.study, self.config, self.backend)
+
+    def _announce_reattached(self) -> None:
+        """After a restart: say which jobs of unfinished trials are picked up again (not relaunched)."""
+        for trial in self._owned_running():
+            for key, run in sorted(trial.user_attrs.items()):
+                if re.fullmatch(r"run\d+", key) and run.get("job_id") and "outcome" not in run:
+                    self.reattached.append(run["job_id"])
+                    self.log(f"trial {trial.number} rung {run['rung']}: re-attached to job {run['job_id']}")
 
     def _owned_running(self) -> list[FrozenTrial]:
         return [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -421,8 +462,7 @@ class Controller:
             return
         parent = run.get("source_job_id") or self.config.parent_job_id
         job_id, created = launch_rung_job(self.backend, spec, name=run["job_name"], parent_job_id=parent)
-        if created:
-            self.launched.append(job_id)
+        (self.launched if created else self.reattached).append(job_id)
         handle.set_user_attr(f"run{k}", {**run, "job_id": job_id})
         self.log(f"trial {handle.number} rung {k}: {'launched' if created else 're-attached to'} job {job_id} "
                  f"({run['epochs']} epochs{', resuming ' + run['resume_from'] if run.get('resume_from') else ''})")
