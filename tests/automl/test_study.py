@@ -160,3 +160,30 @@ def test_cli_refuses_disabled_param_with_exit_code_3(tmp_path, spec_file):
                 dict(os.environ, PYTHONPATH=str(REPO)))
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1 and "no AutoML study" in json.loads(out)["error"]["message"]
+
+
+def test_hyperband_brackets_and_detached_stop(tmp_path, spec_file, fake_trainer_env):
+    jobs = tmp_path / "jobs"
+    env = {**os.environ, "FAKE_SLEEP": "1.0"}
+    proc = _cli(["start", str(spec_file), "--study", "hb", "--jobs-root", str(jobs), "--algorithm", "hyperband",
+                 "--max-trials", "6", "--reduction-factor", "2", "--min-epochs", "1", "--seed", "0",
+                 "--no-verify-load", "--poll", "0.1", "--detach", "--json"], env)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["detached"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (jobs.is_dir() and JobBackend(jobs).store.list()):
+        time.sleep(0.1)
+    stop = _cli(["stop", "--study", "hb", "--jobs-root", str(jobs), "--wait", "30", "--json"], env)
+    out, err = stop.communicate(timeout=90)
+    assert stop.returncode == 0, err
+    assert json.loads(out)["controller_alive"] is False
+    status = _cli(["status", "--study", "hb", "--jobs-root", str(jobs), "--json"], env)
+    doc = json.loads(status.communicate(timeout=60)[0])
+    assert doc["stop_requested"] and doc["controller"]["alive"] is False
+    assert doc["trials"] and all(t["state"] != "RUNNING" for t in doc["trials"])
+    assert {t["bracket"] for t in doc["trials"]} <= {0, 1, 2}
+    assert all(t["rungs"] == [1, 2, 4][t["bracket"]:] for t in doc["trials"])
+    stopped = [t for t in doc["trials"] if t["state"] == "FAIL"]
+    assert stopped and all(t["fail_reason"] == "stopped by request" for t in stopped)
+    assert all(JobBackend(jobs).get_job_status(r["id"])["finished"] for r in JobBackend(jobs).store.list())
