@@ -98,10 +98,12 @@ class TrainingLifecycle(pl.Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pl_module.model.reset_temporal_state()
         self._epoch_started = time.monotonic()
-        if self.s.seed >= 0:
-            seed_all(epoch_seed(self.s.seed, self.epoch_index(trainer)) + trainer.global_rank)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        # Seeded here, right before the epoch's first step: creating the loader iterator draws from the
+        # torch RNG, and Lightning creates it before or after on_train_epoch_start depending on the epoch.
+        if batch_idx == 0 and self.s.seed >= 0:
+            seed_all(epoch_seed(self.s.seed, self.epoch_index(trainer)) + trainer.global_rank)
         if self._restore_rng_at_first_batch:
             self._restore_rng_at_first_batch = False
             restore_rng_state(self.s.resume.rng)  # type: ignore[arg-type]

@@ -149,7 +149,7 @@ def _train(spec: Any, results_dir: Path, status: StatusWriter) -> dict[str, floa
         precision=devices.precision, max_epochs=t.num_epochs - resume.epoch, logger=pl.loggers.CSVLogger(str(results_dir), name="logs"),
         callbacks=[lifecycle], enable_checkpointing=False, enable_progress_bar=sys.stderr.isatty(), num_sanity_val_steps=0,
         limit_val_batches=0, sync_batchnorm=devices.distributed, deterministic=False, enable_model_summary=False,
-        log_every_n_steps=max(1, min(50, steps_per_epoch)), use_distributed_sampler=False,
+        log_every_n_steps=1, use_distributed_sampler=False,
         # a mid-epoch resume shortens only its first epoch's loader: build it again for the next epochs
         reload_dataloaders_every_n_epochs=1 if resume.batches_in_epoch else 0,
     )
