@@ -87,7 +87,7 @@ class DeformableFeatureAggregation(nn.Module):
         image_wh: Tensor,
     ) -> Tensor:
         n = projection_mat.shape[1]
-        if n > self.max_num_cams:
+        if not torch.jit.is_tracing() and n > self.max_num_cams:  # static shape check, skipped while tracing
             raise DataError(f"the batch has {n} cameras but the model supports at most {self.max_num_cams}", key="model.head.deformable_model.max_num_cams")
         key_points = self.kps_generator(anchor, instance_feature)
         points = project_points(key_points, projection_mat, image_wh)

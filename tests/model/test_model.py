@@ -125,3 +125,37 @@ def test_denoising_groups_targets_and_mask() -> None:
     was7 = carried.instance_ids[0, 0] == 7
     assert bool((cls[0, 0][was7] == 1).all()) and bool((cls[0, 0][~was7] == -1).all())
     assert torch.allclose(box[0, 0][was7], new_gt[0].expand(int(was7.sum()), -1))
+
+
+def test_forward_frame_traces_and_replays_two_frames() -> None:
+    """The single-frame path traces once and the trace follows first_frame as data (no baked branch)."""
+    import warnings
+
+    from sparse4d.model.instance_bank import InstanceBankState
+
+    torch.manual_seed(2)
+    model = Sparse4D.from_config(small_config(), 3, anchors=random_anchors(64)).eval()
+
+    class Frame(torch.nn.Module):
+        def __init__(self, inner: Sparse4D) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, img, proj, wh, dt, first, *state):
+            out, new_state = self.inner.forward_frame(img, proj, wh, dt, first, InstanceBankState.from_tuple(state))
+            return (out["boxes_3d"], out["scores_3d"], out["track_ids"], out["keep"]) + new_state.as_tuple()
+
+    wrapper = Frame(model)
+    example = model.example_inputs(1)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(wrapper, example[:5] + example[5].as_tuple(), check_trace=False)
+        state = model.initial_state(1).as_tuple()
+        for frame in range(2):
+            b = synthetic_batch(1, seed=frame)
+            args = (b["img"], b["projection_mat"], b["image_wh"], torch.tensor([0.1]), torch.tensor([frame == 0])) + tuple(state)
+            got, want = traced(*args), wrapper(*args)
+            for x, y in zip(got, want):
+                assert torch.allclose(x.double(), y.double(), atol=1e-5)
+            state = want[4:]
+        assert bool(state[-1].all())  # valid after a frame
