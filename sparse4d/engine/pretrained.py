@@ -91,7 +91,11 @@ def plan_load(model: nn.Module, weights: dict[str, torch.Tensor]) -> tuple[dict[
                 continue  # ImageNet classifier: the detector has none
             trunk[prefix + bare] = value
         candidates.append((trunk, _compare(trunk, own, prefix, "backbone")))
-    return max(candidates, key=lambda item: (len(item[1].matched), item[1].kind == "full model"))
+    def fit(item: tuple[dict, LoadReport]) -> tuple[int, bool]:
+        r = item[1]
+        return len(r.matched) - len(r.missing) - len(r.unexpected) - len(r.wrong_shape), r.kind == "full model"
+
+    return max(candidates, key=fit)
 
 
 def load_pretrained(model: nn.Module, path: str | Path, *, strict: bool = True) -> LoadReport:

@@ -64,3 +64,12 @@ def make_spec(action: str, overrides: dict[str, Any]) -> Any:
     spec = report.spec
     Path(spec.results_dir).mkdir(parents=True, exist_ok=True)
     return spec
+
+
+@pytest.fixture(scope="session")
+def trained(converted, tmp_path_factory) -> Path:
+    results = tmp_path_factory.mktemp("train")
+    from sparse4d.engine.train import run_train
+
+    run_train(make_spec("train", tiny_overrides(converted, results, **{"dataset.batch_size": 2})))
+    return results

@@ -25,13 +25,6 @@ def step_losses(results_dir: Path) -> dict[int, float]:
     return losses
 
 
-@pytest.fixture(scope="session")
-def trained(converted, tmp_path_factory) -> Path:
-    results = tmp_path_factory.mktemp("train")
-    run_train(make_spec("train", tiny_overrides(converted, results, **{"dataset.batch_size": 2})))
-    return results
-
-
 def test_checkpoints_status_and_kpis(trained: Path) -> None:
     names = [p.name for _, _, p in list_checkpoints(trained)]
     assert names == ["model_epoch_001_step_00004.pth", "model_epoch_002_step_00008.pth"]  # 8 frames, 2 slots -> 4 steps
