@@ -180,7 +180,9 @@ def export_frame_graph(model: nn.Module, shape: FrameGraphShape, classes: list[s
     os.close(fd)
     try:
         with torch.no_grad():
-            torch.onnx.export(FrameGraph(model), tuple(inputs.values()), tmp, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
+            # .eval() on the wrapper: the exporter restores the wrapper's own mode afterwards, recursively,
+            # and a fresh wrapper is in training mode, which would leave `model` training (dropout on).
+            torch.onnx.export(FrameGraph(model).eval(), tuple(inputs.values()), tmp, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
                               opset_version=opset, do_constant_folding=True, dynamo=False, verbose=verbose)
         proto = onnx.load(tmp)
         for name, value in graph_metadata(model, shape, classes).items():

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sparse4d.engine.onnx_graph import IMAGE_INPUTS, ONNX_FORMAT, OUTPUT_NAMES, STATE_CARRY, STATE_INPUTS
+from sparse4d.engine.onnx_graph import ONNX_FORMAT, OUTPUT_NAMES, STATE_CARRY, STATE_INPUTS
 from sparse4d.errors import DataError, InputFileError, Sparse4DError, SpecError
 
 LOG = logging.getLogger(__name__)
