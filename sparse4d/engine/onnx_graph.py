@@ -21,6 +21,7 @@ On the first frame of a sequence the `prev_*` values are ignored (any values of 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,7 +180,10 @@ def export_frame_graph(model: nn.Module, shape: FrameGraphShape, classes: list[s
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # shape checks in traced code are constants of this export; the legacy exporter is chosen on purpose
+            warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", category=DeprecationWarning)
             # .eval() on the wrapper: the exporter restores the wrapper's own mode afterwards, recursively,
             # and a fresh wrapper is in training mode, which would leave `model` training (dropout on).
             torch.onnx.export(FrameGraph(model).eval(), tuple(inputs.values()), tmp, input_names=INPUT_NAMES, output_names=OUTPUT_NAMES,
