@@ -107,7 +107,8 @@ def _level_table(levels: list[Tensor], batch: int, cams: int) -> tuple[Tensor, l
         h, w = lvl.shape[2], lvl.shape[3]
         rows.append([offset_bytes // esize, h, w, pixel_base])
         pixel_base += batch * cams * h * w
-    table = torch.tensor(rows, dtype=torch.int64, device=levels[0].device)
+    # Pinned + non_blocking: a pageable host->device copy would stall the host until the GPU is idle.
+    table = torch.tensor(rows, dtype=torch.int64).pin_memory().to(levels[0].device, non_blocking=True)
     return table, aligned, pixel_base
 
 
@@ -121,7 +122,7 @@ FORWARD_WARPS = 8
 FORWARD_GROUPS_PER_PROGRAM = 0  # 0 = all groups in one program
 BACKWARD_WARPS = 8
 PIXEL_WARPS = 4
-PIXEL_BLOCK_ENTRIES = 16
+PIXEL_BLOCK_ENTRIES = 8
 
 
 class _FusedAggregation(torch.autograd.Function):

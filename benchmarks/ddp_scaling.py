@@ -1,0 +1,128 @@
+"""2-GPU Lightning DDP vs 1 GPU: training samples/s of the default config on synthetic tensors.
+
+Each rank trains the default model (ResNet-101, 1408x512, 6 cameras, 900 anchors + denoising, bf16
+mixed precision) with the trainer's LightningModule, batch 2 per GPU; ranks see disjoint samples
+(Lightning's DistributedSampler). Run without --devices it runs 1 GPU then all GPUs as separate
+processes and prints the scaling factor.
+
+    PYTHONPATH=. python benchmarks/ddp_scaling.py [--steps 30] [--batch 2] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from train_throughput import NUM_CLASSES, scene_anchors, synthetic_batch  # noqa: E402
+
+
+class SyntheticFrames(torch.utils.data.Dataset):
+    """Per-sample dicts shaped like the OVPKL dataset's output (batch contract in sparse4d/batch.py)."""
+
+    def __init__(self, length: int, num_gt: int) -> None:
+        self.length = length
+        self.pool = [synthetic_batch(1, num_gt, step, pin=False) for step in range(4)]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        b = self.pool[index % len(self.pool)]
+        sample = {k: (v[0] if isinstance(v, (torch.Tensor, list)) else v) for k, v in b.items()}
+        sample["timestamp"] = float(index) / 30.0
+        sample["first_frame"] = index == 0
+        return sample
+
+
+def run_one(devices: int, steps: int, warmup: int, batch: int, out_path: str, find_unused: bool) -> None:
+    import pytorch_lightning as pl
+
+    from sparse4d.config.model import ModelConfig
+    from sparse4d.config.train import TrainConfig
+    from sparse4d.data.collate import collate_sparse4d
+    from sparse4d.engine.lightning_module import Sparse4DLightning
+    from sparse4d.model.fused_aggregation import enable_fused_aggregation
+    from sparse4d.model.sparse4d import Sparse4D
+
+    torch.backends.cudnn.benchmark = True
+    enable_fused_aggregation()
+    cfg = ModelConfig()
+    model = Sparse4D.from_config(cfg, NUM_CLASSES, anchors=scene_anchors(cfg.head.instance_bank.num_anchor))
+    model = model.to(memory_format=torch.channels_last)
+    module = Sparse4DLightning(model, TrainConfig().optim, total_steps=steps + warmup)
+    total = (steps + warmup) * batch * devices
+    loader = torch.utils.data.DataLoader(SyntheticFrames(total, 128), batch_size=batch, collate_fn=collate_sparse4d,
+                                         num_workers=4, pin_memory=True, persistent_workers=True)
+
+    class Clock(pl.Callback):
+        def __init__(self) -> None:
+            self.start = None
+            self.end = None
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, b, batch_idx):
+            if batch_idx == warmup - 1:
+                torch.cuda.synchronize()
+                self.start = time.perf_counter()
+            if batch_idx == warmup + steps - 1:
+                torch.cuda.synchronize()
+                self.end = time.perf_counter()
+
+    clock = Clock()
+    from pytorch_lightning.strategies import DDPStrategy
+    strategy = DDPStrategy(find_unused_parameters=find_unused) if devices > 1 else "auto"  # as sparse4d/engine/train.py
+    trainer = pl.Trainer(accelerator="gpu", devices=devices, strategy=strategy, precision="bf16-mixed",
+                         max_steps=steps + warmup, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[clock], gradient_clip_val=None, use_distributed_sampler=True)
+    trainer.fit(module, loader)
+    if trainer.global_rank == 0:
+        seconds = clock.end - clock.start
+        record = {"devices": devices, "find_unused_parameters": find_unused, "batch_per_gpu": batch, "steps": steps, "seconds": seconds,
+                  "samples_per_s": steps * batch * devices / seconds, "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9}
+        with open(out_path, "w") as fh:
+            json.dump(record, fh)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=0, help="0 = run 1 GPU, then all GPUs")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--find-unused", action="store_true", help="DDP find_unused_parameters=True")
+    parser.add_argument("--out", help="(internal) result file of one run")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    if args.devices:
+        run_one(args.devices, args.steps, args.warmup, args.batch, args.out, args.find_unused)
+        return 0
+    gpus = torch.cuda.device_count()
+    if gpus < 2:
+        print(f"needs at least 2 GPUs, found {gpus}", file=sys.stderr)
+        return 2
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for devices in (1, gpus):
+            out = os.path.join(tmp, f"{devices}.json")
+            cmd = [sys.executable, __file__, "--devices", str(devices), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                   "--batch", str(args.batch), "--out", out] + (["--find-unused"] if args.find_unused else [])
+            subprocess.run(cmd, check=True)
+            with open(out) as fh:
+                results[devices] = json.load(fh)
+    record = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "runs": results,
+              "scaling": results[gpus]["samples_per_s"] / results[1]["samples_per_s"], "gpus": gpus}
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(record, fh, indent=1)
+    print(json.dumps(record, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,394 @@
+"""Training throughput of the default Sparse4D config on one GPU, with a time split.
+
+Default config: ResNet-101, 1408x512 input, 6 cameras, 900 anchors + denoising (5 groups x 128 GT,
+positive and negative: 2180 queries), bf16 autocast, batch 2, AdamW + grad clipping as the trainer.
+Frames are streamed (first_frame only on the first step), so the temporal path (600 carried
+instances, temporal denoising) runs as in real training.
+
+Prints samples/s, model FLOPs utilisation (FLOPs counted by torch.utils.flop_counter), peak memory,
+the number of host syncs in one step, the time split (data, backbone+neck, head, aggregation,
+depth, loss incl. matching, optimizer; CUDA events), and the backbone+neck-only step at the same
+batch measured in the same run.
+
+    PYTHONPATH=. python benchmarks/train_throughput.py [--batch 2] [--steps 20] [--reference-aggregation]
+        [--no-channels-last] [--fp32] [--fused-adam] [--compile-backbone] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import statistics
+import sys
+import time
+import warnings
+from collections import Counter, defaultdict
+
+import numpy as np
+import torch
+
+from sparse4d.config.model import ModelConfig
+from sparse4d.config.train import TrainConfig
+from sparse4d.engine.optim import build_optimizer
+from sparse4d.model import aggregation
+from sparse4d.model.fused_aggregation import enable_fused_aggregation
+from sparse4d.model.sparse4d import Sparse4D
+
+WIDTH, HEIGHT, CAMERAS, NUM_CLASSES = 1408, 512, 6, 4
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12}  # dense bf16 tensor-core peak (SXM datasheet)
+
+
+def camera_projection(position: tuple[float, float, float], yaw: float, focal: float) -> torch.Tensor:
+    """K @ world_to_camera for a level camera at `position` looking along `yaw`."""
+    fwd = torch.tensor([math.cos(yaw), math.sin(yaw), 0.0])
+    down = torch.tensor([0.0, 0.0, -1.0])
+    right = torch.linalg.cross(down, fwd)
+    rot = torch.stack([right, down, fwd])
+    w2c = torch.eye(4)
+    w2c[:3, :3] = rot
+    w2c[:3, 3] = -rot @ torch.tensor(position)
+    k = torch.eye(4)
+    k[0, 0] = k[1, 1] = focal
+    k[0, 2], k[1, 2] = WIDTH / 2, HEIGHT / 2
+    return k @ w2c
+
+
+def scene_anchors(num: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    a = np.zeros((num, 11), dtype=np.float32)
+    a[:, 0:2] = rng.uniform(-15, 15, (num, 2))
+    a[:, 2] = 0.9
+    a[:, 3:6] = np.log([0.6, 0.6, 1.7])
+    a[:, 7] = 1.0
+    return a
+
+
+def synthetic_batch(batch: int, num_gt: int, step: int, seed: int = 0, pin: bool = True) -> dict:
+    """Six cameras on a 25 m ring looking at the centre; num_gt people per sample; pinned CPU tensors."""
+    g = torch.Generator().manual_seed(seed + step)
+    proj = torch.stack([camera_projection((25 * math.cos(a), 25 * math.sin(a), 3.0), a + math.pi, 700.0)
+                        for a in np.linspace(0, 2 * math.pi, CAMERAS, endpoint=False)])
+    boxes, labels, ids = [], [], []
+    for _ in range(batch):
+        b = torch.zeros(num_gt, 10)
+        b[:, 0:2] = torch.rand(num_gt, 2, generator=g) * 24 - 12
+        b[:, 2] = 0.9
+        b[:, 3:6] = torch.tensor([0.6, 0.6, 1.7])
+        b[:, 6] = torch.rand(num_gt, generator=g) * 6 - 3
+        b[:, 7:9] = torch.rand(num_gt, 2, generator=g) - 0.5
+        boxes.append(b)
+        labels.append(torch.randint(0, NUM_CLASSES, (num_gt,), generator=g))
+        ids.append(torch.arange(num_gt) + 100)
+    depth = torch.rand(batch, CAMERAS, HEIGHT, WIDTH, generator=g) * 30
+    depth = depth * (torch.rand(batch, CAMERAS, HEIGHT, WIDTH, generator=g) > 0.7)
+    out = {
+        "img": torch.randn(batch, CAMERAS, 3, HEIGHT, WIDTH, generator=g),
+        "projection_mat": proj[None].expand(batch, -1, -1, -1).clone(),
+        "image_wh": torch.tensor([float(WIDTH), float(HEIGHT)]).expand(batch, CAMERAS, 2).clone(),
+        "timestamp": torch.full((batch,), step / 30.0, dtype=torch.float64),
+        "first_frame": torch.full((batch,), step == 0),
+        "gt_bboxes_3d": boxes, "gt_labels_3d": labels, "instance_ids": ids, "gt_depth": depth,
+        "sample_token": [f"s/{i}/{step:06d}" for i in range(batch)], "scene": ["s"] * batch,
+    }
+    if not pin:
+        return out
+    return {k: (v.pin_memory() if isinstance(v, torch.Tensor) else [t.pin_memory() for t in v] if isinstance(v, list) and v and isinstance(v[0], torch.Tensor) else v)
+            for k, v in out.items()}
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    def move(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(device, non_blocking=True)
+        if isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
+            return [t.to(device, non_blocking=True) for t in v]
+        return v
+    return {k: move(v) for k, v in batch.items()}
+
+
+class Timeline:
+    """CUDA events per named region, summed per step (regions may repeat within a step)."""
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+        self.open: dict[str, list[torch.cuda.Event]] = defaultdict(list)
+        self.enabled = False
+
+    def start(self, name: str) -> None:
+        if self.enabled:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.open[name].append(ev)
+
+    def stop(self, name: str) -> None:
+        if self.enabled and self.open[name]:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self.pairs.append((name, self.open[name].pop(), ev))
+
+    @contextlib.contextmanager
+    def region(self, name: str):
+        self.start(name)
+        try:
+            yield
+        finally:
+            self.stop(name)
+
+    def collect(self) -> dict[str, float]:
+        torch.cuda.synchronize()
+        totals: dict[str, float] = defaultdict(float)
+        for name, a, b in self.pairs:
+            totals[name] += a.elapsed_time(b)
+        self.pairs.clear()
+        return dict(totals)
+
+
+def instrument(model: Sparse4D, timeline: Timeline) -> None:
+    """Forward hooks on the parts, autograd markers around aggregation and at the neck outputs."""
+    for name, module in (("backbone_fwd", model.backbone), ("neck_fwd", model.neck), ("head_fwd", model.head), ("depth_fwd", model.depth_branch)):
+        if module is None:
+            continue
+        module.register_forward_pre_hook(lambda *_a, n=name: timeline.start(n))
+        module.register_forward_hook(lambda *_a, n=name: timeline.stop(n))
+
+    class Marker(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, name, *tensors):
+            ctx.name = name
+            views = tuple(t.view_as(t) for t in tensors)
+            return views if len(views) > 1 else views[0]
+
+        @staticmethod
+        def backward(ctx, *grads):
+            (timeline.start if ctx.name.endswith("<") else timeline.stop)(ctx.name.rstrip("<>"))
+            return (None, *grads)
+
+    inner = aggregation.select_aggregation_impl
+
+    def timed_select(device, prefer_fused=True):
+        fn = inner(device, prefer_fused)
+
+        def run(feature_maps, points, weights):
+            feature_maps = list(Marker.apply("aggregation_bwd>", *feature_maps)) if len(feature_maps) > 1 else [Marker.apply("aggregation_bwd>", feature_maps[0])]
+            timeline.start("aggregation_fwd")
+            out = fn(feature_maps, points, weights)
+            timeline.stop("aggregation_fwd")
+            return Marker.apply("aggregation_bwd<", out)
+        return run
+
+    import sparse4d.model.deformable as deformable
+    deformable.select_aggregation_impl = timed_select
+
+    def neck_grad_marker(_module, _inputs, outputs):
+        if not torch.is_grad_enabled():
+            return outputs
+        return list(Marker.apply("head_bwd>", *outputs))
+    model.neck.register_forward_hook(neck_grad_marker)
+
+
+def count_syncs(fn) -> Counter:
+    """Host syncs in one call of fn, by source line (torch.cuda sync debug mode)."""
+    sites: Counter = Counter()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fn()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    import traceback  # noqa: F401 (the warning carries file and line)
+    for w in caught:
+        if "synchroniz" in str(w.message):
+            sites[f"{w.filename.split('sparse4d/')[-1]}:{w.lineno}"] += 1
+    return sites
+
+
+def profile_steps(step, count: int) -> dict:
+    """GPU busy share of the wall time and the top ops by host time and by GPU time."""
+    from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(count):
+            step()
+        torch.cuda.synchronize()
+    wall_ms = (time.perf_counter() - start) * 1000
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    gpu_ms = sum(e.self_device_time_total for e in kernels) / 1000
+    cpu_ops = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CPU), key=lambda e: -e.self_cpu_time_total)
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx"))
+    return {
+        "wall_ms_per_step": round(wall_ms / count, 1), "gpu_kernel_ms_per_step": round(gpu_ms / count, 1),
+        "gpu_busy_share": round(gpu_ms / wall_ms, 3), "kernel_launches_per_step": launches // count,
+        "top_host_ops_ms_per_step": {e.key[:50]: round(e.self_cpu_time_total / 1000 / count, 2) for e in cpu_ops[:15]},
+        "top_gpu_kernels_ms_per_step": {e.key[:70]: round(e.self_device_time_total / 1000 / count, 2)
+                                        for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:15]},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--num-gt", type=int, default=128, help="GT boxes per sample (128 fills max_dn_gt: 2180 queries)")
+    parser.add_argument("--reference-aggregation", action="store_true", help="grid_sample instead of the fused kernel")
+    parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    parser.add_argument("--fused-adam", action="store_true", help="AdamW(fused=True) instead of the trainer's optimizer")
+    parser.add_argument("--compile-backbone", action="store_true", help="torch.compile the backbone+neck")
+    parser.add_argument("--skip-backbone-only", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler over 2 steps: GPU busy share, top ops")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+    device = torch.device("cuda")
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    fused = False if args.reference_aggregation else enable_fused_aggregation()
+    cfg = ModelConfig()
+    model = Sparse4D.from_config(cfg, NUM_CLASSES, anchors=scene_anchors(cfg.head.instance_bank.num_anchor)).to(device).train()
+    if not args.no_channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_cfg = TrainConfig()
+    if args.fused_adam:
+        optim = train_cfg.optim
+        optimizer = torch.optim.AdamW(model.parameters(), lr=float(optim.lr), weight_decay=float(optim.weight_decay), fused=True)
+    else:
+        optimizer = build_optimizer(model, train_cfg.optim)
+    max_norm = float(train_cfg.optim.grad_clip.max_norm)
+    if args.compile_backbone:
+        model.backbone = torch.compile(model.backbone)
+        model.neck = torch.compile(model.neck)
+    timeline = Timeline()
+    instrument(model, timeline)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if not args.fp32 else contextlib.nullcontext
+    host_batches = [synthetic_batch(args.batch, args.num_gt, step) for step in range(4)]
+
+    def train_step(step: int) -> None:
+        with timeline.region("data"):
+            batch = to_device(host_batches[step % len(host_batches)], device)
+            batch["first_frame"] = torch.full((args.batch,), step == 0, device=device)
+            batch["timestamp"] = torch.full((args.batch,), step / 30.0, dtype=torch.float64, device=device)
+        with autocast():
+            with timeline.region("forward_total"):
+                out = model(batch)
+            with timeline.region("loss"):
+                losses = model.loss(out, batch)
+        with timeline.region("backward_total"):
+            timeline.start("head_bwd")  # stopped when the gradients reach the neck outputs
+            losses["loss"].backward()
+        with timeline.region("optimizer"):
+            if max_norm > 0:
+                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    for step in range(args.warmup):
+        train_step(step)
+    torch.cuda.synchronize()
+    feat_probe = model.extract_features(torch.zeros(1, CAMERAS, 3, HEIGHT, WIDTH, device=device))
+    feats_channels_last = bool(feat_probe[0].stride(2) == 1)
+    del feat_probe
+
+    # Time split (events on) then clean wall-clock throughput (events off).
+    torch.cuda.reset_peak_memory_stats()
+    timeline.enabled = True
+    splits: list[dict[str, float]] = []
+    for step in range(args.warmup, args.warmup + max(3, args.steps // 4)):
+        train_step(step)
+        splits.append(timeline.collect())
+    timeline.enabled = False
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for step in range(args.warmup + 100, args.warmup + 100 + args.steps):
+        train_step(step)
+    torch.cuda.synchronize()
+    step_ms = (time.perf_counter() - start) * 1000 / args.steps
+    peak_gb = torch.cuda.max_memory_allocated() / 1e9
+
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        train_step(1000)
+    step_flops = counter.get_total_flops()
+    syncs = count_syncs(lambda: train_step(1001))
+    profile = profile_steps(lambda: train_step(1002), 2) if args.profile else None
+
+    median = {k: statistics.median(s.get(k, 0.0) for s in splits) for k in set().union(*splits)}
+    agg = median.get("aggregation_fwd", 0.0) + median.get("aggregation_bwd", 0.0)
+    bb_fwd = median.get("backbone_fwd", 0.0) + median.get("neck_fwd", 0.0)
+    bb_bwd = median.get("backward_total", 0.0) - median.get("head_bwd", 0.0)
+    split = {
+        "data": median.get("data", 0.0),
+        "backbone_neck_fwd": bb_fwd,
+        "backbone_neck_bwd": bb_bwd,
+        "head_fwd_excl_aggregation": median.get("head_fwd", 0.0) - median.get("aggregation_fwd", 0.0),
+        "head_bwd_excl_aggregation": median.get("head_bwd", 0.0) - median.get("aggregation_bwd", 0.0),
+        "aggregation_fwd": median.get("aggregation_fwd", 0.0),
+        "aggregation_bwd": median.get("aggregation_bwd", 0.0),
+        "depth_fwd": median.get("depth_fwd", 0.0),
+        "loss_incl_matching": median.get("loss", 0.0),
+        "optimizer": median.get("optimizer", 0.0),
+        "forward_total": median.get("forward_total", 0.0),
+        "backward_total": median.get("backward_total", 0.0),
+    }
+
+    backbone_only_ms = None
+    if not args.skip_backbone_only:
+        parts = torch.nn.ModuleList([model.backbone, model.neck])
+        bb_opt = torch.optim.AdamW(parts.parameters(), lr=1e-4, fused=True)
+        img = torch.randn(args.batch, CAMERAS, 3, HEIGHT, WIDTH, device=device)
+
+        def backbone_step() -> None:
+            with autocast():
+                feats = model.extract_features(img)
+                loss = sum(f.float().mean() for f in feats)
+            loss.backward()
+            bb_opt.step()
+            bb_opt.zero_grad(set_to_none=True)
+        for _ in range(args.warmup):
+            backbone_step()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            backbone_step()
+        torch.cuda.synchronize()
+        backbone_only_ms = (time.perf_counter() - start) * 1000 / args.steps
+
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    record = {
+        "gpu": name, "torch": torch.__version__, "batch": args.batch, "cameras": CAMERAS, "input": f"{WIDTH}x{HEIGHT}",
+        "precision": "fp32" if args.fp32 else "bf16-autocast", "channels_last": not args.no_channels_last,
+        "features_channels_last": feats_channels_last, "aggregation": "fused-triton" if fused else "grid_sample",
+        "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone, "num_gt": args.num_gt,
+        "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
+        "images_per_s": round(args.batch * CAMERAS * 1000 / step_ms, 1),
+        "step_tflop": round(step_flops / 1e12, 3),
+        "mfu": round(step_flops / (step_ms / 1000) / peak, 4) if peak else None, "peak_flops_assumed": peak,
+        "peak_memory_gb": round(peak_gb, 2),
+        "backbone_neck_only_step_ms": round(backbone_only_ms, 2) if backbone_only_ms else None,
+        "ratio_to_backbone_only": round(step_ms / backbone_only_ms, 2) if backbone_only_ms else None,
+        "split_ms_median_with_events": {k: round(v, 2) for k, v in split.items()},
+        "host_syncs_per_step": sum(syncs.values()), "host_sync_sites": dict(syncs.most_common(12)),
+    }
+    if profile:
+        record["profile"] = profile
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(record, fh, indent=1)
+    print(json.dumps(record, indent=1))
+    print(f"\n{name}: {record['samples_per_s']} samples/s ({record['step_ms']} ms/step, batch {args.batch}), "
+          f"MFU {record['mfu']}, peak {record['peak_memory_gb']} GB, backbone+neck-only {record['backbone_neck_only_step_ms']} ms "
+          f"-> ratio {record['ratio_to_backbone_only']}, aggregation {record['aggregation']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
