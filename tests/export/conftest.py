@@ -42,7 +42,7 @@ def tiny_model_overrides(*, embed: int = TINY_EMBED, cameras: int = 2, num_ancho
         "model.head.deformable_model.kps_generator.embed_dims": e, "model.head.refine_layer.embed_dims": e,
         "model.head.norm_layer.normalized_shape": e, "model.head.ffn.pre_norm.normalized_shape": e, "model.head.ffn.embed_dims": e,
         "model.head.graph_model.embed_dims": 2 * e, "model.head.temp_graph_model.embed_dims": 2 * e, "model.head.ffn.in_channels": 2 * e,
-        "model.head.ffn.feedforward_channels": 2 * e, "model.head.anchor_encoder.embed_dims": [16, 4, 4, 8],
+        "model.head.ffn.feedforward_channels": 2 * e, "model.head.anchor_encoder.embed_dims": [e // 2, e // 8, e // 8, e // 4],
         "model.head.num_decoder": 2, "model.head.num_output": min(num_anchor, 30),
         "model.head.operation_order": ["deformable", "ffn", "norm", "refine", "temp_gnn", "gnn", "norm", "deformable", "ffn", "norm", "refine"],
         "model.head.instance_bank.num_temp_instances": num_anchor // 2 if num_temp is None else num_temp,
@@ -96,8 +96,13 @@ def build_checkpoint(tmp_path: Path, converted: dict[str, Path], *, seed: int = 
     overrides = tiny_model_overrides(**model_kwargs)
     overrides["results_dir"] = str(tmp_path / "train")
     overrides.update(data_overrides(converted, tmp_path / "train"))
+    if anchors is not None:  # more anchors than the converted data's file holds
+        import numpy as np
+
+        np.save(tmp_path / "anchors.npy", np.asarray(anchors, np.float32))
+        overrides["model.head.instance_bank.anchor"] = str(tmp_path / "anchors.npy")
     spec = make_spec("train", overrides)
     torch.manual_seed(seed)
-    model = Sparse4D.from_config(spec.model, len(spec.dataset.classes), anchors=anchors).eval()
+    model = Sparse4D.from_config(spec.model, len(spec.dataset.classes)).eval()
     perturb_head(model, seed)
     return write_checkpoint(model, spec, tmp_path / "model_epoch_000_step_00000.pth"), spec, model
