@@ -108,7 +108,9 @@ def _level_table(levels: list[Tensor], batch: int, cams: int) -> tuple[Tensor, l
         rows.append([offset_bytes // esize, h, w, pixel_base])
         pixel_base += batch * cams * h * w
     # Pinned + non_blocking: a pageable host->device copy would stall the host until the GPU is idle.
-    table = torch.tensor(rows, dtype=torch.int64).pin_memory().to(levels[0].device, non_blocking=True)
+    table = torch.tensor(rows, dtype=torch.int64)
+    if levels[0].is_cuda:
+        table = table.pin_memory().to(levels[0].device, non_blocking=True)
     return table, aligned, pixel_base
 
 
@@ -121,8 +123,8 @@ def _next_pow2(x: int) -> int:
 FORWARD_WARPS = 8
 FORWARD_GROUPS_PER_PROGRAM = 0  # 0 = all groups in one program
 BACKWARD_WARPS = 8
-PIXEL_WARPS = 4
-PIXEL_BLOCK_ENTRIES = 8
+PIXEL_WARPS = 1
+PIXEL_BLOCK_ENTRIES = 2
 
 
 class _FusedAggregation(torch.autograd.Function):
