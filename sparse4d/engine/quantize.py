@@ -215,7 +215,6 @@ def quantize_device(requested: str) -> torch.device:
         raise SpecError("TensorRT is not a torchao device", key="quantize.device", hint="use cpu or cuda")
     if requested.startswith("cuda") and not torch.cuda.is_available():
         warnings.warn(f"quantize.device={requested} but no CUDA GPU is visible: quantizing on cpu", stacklevel=2)
-        LOG.warning("quantize.device=%s but no CUDA GPU is visible: quantizing on cpu", requested)
         return torch.device("cpu")
     return torch.device(requested)
 
@@ -257,6 +256,7 @@ def _quantize(spec: Any, results_dir: Path) -> dict[str, Any]:
     loaded = load_sparse4d_checkpoint(q.model_path, key="quantize.model_path", fallback_model_cfg=spec.model,
                                       fallback_classes=list(spec.dataset.classes))
     model = loaded.model
+    num_eligible = len(eligible_layers(model))
     chosen = select_layers(model, list(q.layers), list(q.skip_names))
     size_before = serialized_size(model.state_dict())
     map_before = val_map(model.to(device), spec, loaded.model_cfg, loaded.classes, device)
@@ -273,7 +273,7 @@ def _quantize(spec: Any, results_dir: Path) -> dict[str, Any]:
     map_after = val_map(reloaded.to(device), spec, loaded.model_cfg, loaded.classes, device)
     report = {
         "backend": "torchao", "mode": str(q.mode), "device": str(device), "source": str(q.model_path), "output": str(target),
-        "num_quantized": len(chosen), "num_eligible": len(eligible_layers(loaded.model)),
+        "num_quantized": len(chosen), "num_eligible": num_eligible,
         "quantized_layers": [{"name": n, "kind": k, "method": "torchao Int8WeightOnlyConfig" if k == "linear" else "int8 per-channel (torchao primitives)"}
                              for n, k in sorted(chosen.items())],
         "size_before_bytes": size_before, "size_after_bytes": size_after, "compression": size_before / max(size_after, 1),
