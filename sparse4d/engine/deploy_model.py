@@ -66,6 +66,9 @@ def build_from_weights(model_cfg: Any, classes: list[str], weights: dict[str, to
 
 def load_sparse4d_checkpoint(path: str, *, key: str, fallback_model_cfg: Any, fallback_classes: list[str]) -> LoadedModel:
     """Load `path` (weights_only) and rebuild the model it holds; errors name `key`."""
+    if "quantized_model_torchao" in str(path):
+        raise SpecError(f"{path} is a quantized checkpoint", key=key,
+                        hint="export or quantize the float training checkpoint (model_epoch_XXX_step_YYYYY.pth)")
     payload = load_checkpoint_file(path, what=key)
     weights = state_dict_of(payload, str(path))
     if any(type(v) not in (torch.Tensor, torch.nn.Parameter) for v in weights.values()):
