@@ -73,20 +73,22 @@ def demo(workdir: Path, epochs: int, as_json: bool) -> None:
         anchors = small.get("model.head.instance_bank.num_anchor", 900)
         convert = _step("dataset_convert", LaunchRequest("dataset_convert", roots={"train_datasets": str(data)}, overrides=["aicity.split=train,val,test", f"aicity.anchor_init_config.num_anchor={anchors}"], jobs_root=jobs))
         cid = convert["job_id"]
-        train = _step("train", LaunchRequest("train", roots=roots, convert_job_id=cid, overrides=_as_args(small), automl_policy="off", jobs_root=jobs))
+        # Several converted scenes per split: read every *_infos_<split>.pkl of the split folder.
+        folders = [f"dataset.{split}_dataset.ann_file={convert['results_dir']}/{split}" for split in ("train", "val", "test")]
+        train = _step("train", LaunchRequest("train", roots=roots, convert_job_id=cid, overrides=_as_args(small) + folders, automl_policy="off", jobs_root=jobs))
         tid = train["job_id"]
-        common = [a for a in _as_args(small) if not a.startswith("train.")]
+        common = [a for a in _as_args(small) if not a.startswith("train.")] + folders
         evaluate = _step("evaluate", LaunchRequest("evaluate", roots=roots, convert_job_id=cid, parent_job_id=tid, overrides=common + ["evaluate.metrics=[detection, tracking]"], jobs_root=jobs))
         inference = _step("inference", LaunchRequest("inference", roots=roots, convert_job_id=cid, parent_job_id=tid, overrides=common, jobs_root=jobs))
-        export = _step("export", LaunchRequest("export", roots=roots, convert_job_id=cid, parent_job_id=tid, overrides=common + ["export.input_width=320", "export.input_height=192", "export.on_cpu=true"], jobs_root=jobs))
-        metrics = _read_metrics(Path(evaluate["results_dir"]))
+        export = _step("export", LaunchRequest("export", roots=roots, convert_job_id=cid, parent_job_id=tid, overrides=common + ["export.input_width=256", "export.input_height=128", "export.on_cpu=true"], jobs_root=jobs))
+        metrics = _read_metrics(Path(jobs) / evaluate["job_id"], Path(evaluate["results_dir"]))
         summary = {
             "workdir": str(root),
             "data": str(data),
             "jobs_root": jobs,
             "jobs": {step: doc["job_id"] for step, doc in (("dataset_convert", convert), ("train", train), ("evaluate", evaluate), ("inference", inference), ("export", export))},
             "results": {step: doc["results_dir"] for step, doc in (("dataset_convert", convert), ("train", train), ("evaluate", evaluate), ("inference", inference), ("export", export))},
-            "checkpoint": train["spec"].get("results_dir") and sorted(p.name for p in Path(train["results_dir"]).glob("model_epoch_*.pth")),
+            "checkpoints": sorted(str(p) for p in Path(train["results_dir"]).glob("model_epoch_*.pth")),
             "metrics": metrics,
             "pictures": sorted(str(p) for p in Path(inference["results_dir"]).rglob("*.png"))[:6],
             "onnx": sorted(str(p) for p in Path(export["results_dir"]).rglob("*.onnx")),
@@ -101,11 +103,12 @@ def demo(workdir: Path, epochs: int, as_json: bool) -> None:
     run_guarded(body, as_json=as_json)
 
 
-def _read_metrics(results_dir: Path) -> dict[str, Any]:
+def _read_metrics(job_dir: Path, results_dir: Path) -> dict[str, Any]:
     from ..jobs.status_file import read_events
+    from ..jobs.store import status_path
 
     kpi: dict[str, Any] = {}
-    for event in read_events(results_dir / "status.json"):
+    for event in read_events(status_path(job_dir, str(results_dir))):
         kpi.update(event.get("kpi") or {})
     return kpi
 
@@ -113,11 +116,15 @@ def _read_metrics(results_dir: Path) -> dict[str, Any]:
 def _print_summary(s: dict[str, Any]) -> None:
     m = s["metrics"]
     click.echo("")
-    click.echo(f"mAP {m.get('mAP')}  NDS {m.get('NDS')}  AMOTA {m.get('AMOTA', m.get('amota'))}")
+    def fmt(key: str) -> str:
+        value = m.get(key)
+        return "n/a" if value is None else f"{value:.4f}"
+
+    click.echo(f"mAP {fmt('mAP')}  NDS {fmt('NDS')}  AMOTA {fmt('AMOTA')}")
     click.echo(f"data:        {s['data']}")
     for step, job in s["jobs"].items():
         click.echo(f"{step:<12} job {job}  {s['results'][step]}")
-    click.echo(f"checkpoints: {s['checkpoint']}")
+    click.echo(f"checkpoints: {s['checkpoints']}")
     click.echo(f"pictures:    {len(s['pictures'])} shown, e.g. {s['pictures'][:2]}")
     click.echo(f"onnx:        {s['onnx']}")
     click.echo(f"total {s['seconds']} s")

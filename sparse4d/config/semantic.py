@@ -42,6 +42,11 @@ def walk_leaves(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix, value
 
 
+def _unused_by(action: str, key: str) -> bool:
+    """Data keys export never reads (it takes classes and the model only), so ??? may stay there."""
+    return action == "export" and key.startswith("dataset.") and (key == "dataset.data_root" or key.endswith(".ann_file"))
+
+
 def check_semantics(report: SpecReport, *, for_launch: bool = False, check_files: bool = True) -> SpecReport:
     """Add cross-key, placeholder and file errors/warnings to a schema-valid report."""
     spec = report.spec
@@ -49,7 +54,7 @@ def check_semantics(report: SpecReport, *, for_launch: bool = False, check_files
         return report
     errors, warnings = report.errors, report.warnings
     for key, value in walk_leaves(spec.model_dump()):
-        if value == MISSING:
+        if value == MISSING and not _unused_by(report.action, key):
             errors.append(SpecIssue(key, "still holds the placeholder ???", "set a real value (spec file or -o key=value)"))
     if hasattr(spec, "model"):
         _check_model(spec, errors, warnings)
@@ -201,8 +206,12 @@ def _check_annotation_files(action: str, spec: BaseModel, errors: list[SpecIssue
         path = getattr(d, name).ann_file
         if path in (MISSING, "") or is_remote(path):
             continue
-        if not Path(path).is_file():
-            errors.append(MissingFileIssue(f"dataset.{name}.ann_file", f"{path} does not exist", "use a pickle written by dataset_convert (<results>/<split>/<scene>_infos_<split>.pkl)"))
+        p = Path(path)
+        if p.is_dir():  # a split folder: the dataset reads every converted scene in it
+            if not any(p.glob("*_infos_*.pkl")):
+                errors.append(MissingFileIssue(f"dataset.{name}.ann_file", f"folder {path} holds no *_infos_*.pkl", "point it at a dataset_convert split folder or one pickle"))
+        elif not p.is_file():
+            errors.append(MissingFileIssue(f"dataset.{name}.ann_file", f"{path} does not exist", "use a pickle written by dataset_convert (<results>/<split>/<scene>_infos_<split>.pkl) or its split folder"))
 
 
 def _check_action_section(action: str, spec: BaseModel, errors: list[SpecIssue], warnings: list[SpecIssue], check_files: bool) -> None:
