@@ -194,6 +194,9 @@ def export_frame_graph(model: nn.Module, shape: FrameGraphShape, classes: list[s
             entry.key, entry.value = name, value
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; an exported model is meant to be shared
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
