@@ -123,7 +123,8 @@ def start(spec: Path | None, overrides: tuple[str, ...], algorithm: str, params:
     run_guarded(body, as_json=as_json)
 
 
-def _detach(study_name: str, storage: str | None, backend: JobBackend, poll: float, as_json: bool) -> int:
+def detach_controller(study_name: str, storage: str | None, backend: JobBackend, poll: float) -> dict[str, Any]:
+    """Start the study's controller as a background process; returns its pid and log path."""
     log_path = automl_dir(backend.root) / f"{study_name}.controller.log"
     command = [sys.executable, "-m", "sparse4d.automl.cli", "start", "--study", study_name,
                "--jobs-root", str(backend.root), "--poll", str(poll)]
@@ -134,11 +135,15 @@ def _detach(study_name: str, storage: str | None, backend: JobBackend, poll: flo
     with open(log_path, "ab") as handle:
         proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT,
                                 start_new_session=True, env=env, close_fds=True)
-    doc = {"study": study_name, "detached": True, "pid": proc.pid, "log": str(log_path)}
+    return {"study": study_name, "detached": True, "pid": proc.pid, "log": str(log_path)}
+
+
+def _detach(study_name: str, storage: str | None, backend: JobBackend, poll: float, as_json: bool) -> int:
+    doc = detach_controller(study_name, storage, backend, poll)
     if as_json:
         emit_json(doc)
     else:
-        click.echo(f"controller pid {proc.pid} running study {study_name}; log {log_path}")
+        click.echo(f"controller pid {doc['pid']} running study {study_name}; log {doc['log']}")
     return 0
 
 

@@ -26,14 +26,9 @@ def is_quantized_checkpoint(path: str | Path) -> bool:
 def load_model_for_eval(path: str | Path, spec: Any, *, key: str = "evaluate.checkpoint") -> torch.nn.Module:
     """A Sparse4D model in eval mode with the weights of `path`, built from `spec.model` and `spec.dataset.classes`."""
     if is_quantized_checkpoint(path):
-        try:
-            from sparse4d.engine import quantize
-        except ImportError as exc:
-            raise Sparse4DError(f"{path}: quantized checkpoints need sparse4d.engine.quantize, which is not installed", key=key) from exc
-        loader = getattr(quantize, "load_quantized_model", None)
-        if loader is None:
-            raise Sparse4DError(f"{path}: this build cannot load quantized checkpoints yet", key=key)
-        model = loader(path, spec)
+        from sparse4d.engine.quantize import load_quantized_model
+
+        model = load_quantized_model(path, spec, key=key)
         model.eval()
         return model
     from sparse4d.model.sparse4d import Sparse4D
