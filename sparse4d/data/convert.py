@@ -37,6 +37,7 @@ from sparse4d.data.anchors import fit_anchors, save_anchors
 from sparse4d.data.frames import extract_frames, frame_path
 from sparse4d.data.safe_pickle import atomic_dump
 from sparse4d.errors import DataError, InputFileError, SpecError
+from sparse4d.jobs.fileio import remove_dead_temporaries
 
 LOG = logging.getLogger(__name__)
 MAX_CAMERAS_PER_GROUP = 6
@@ -112,6 +113,10 @@ def run_dataset_convert(aicity: Any, results_dir: Path) -> ConvertSummary:
     summary = ConvertSummary(split=split)
     skipped = SkipCounter()
     frame_cache = results_dir / split / "frames"
+    # a killed conversion leaves temporaries (pickles, anchors, frames): a rerun removes them
+    removed = remove_dead_temporaries(results_dir / split, recursive=True) + remove_dead_temporaries(results_dir)
+    if removed:
+        LOG.info("removed %d temporary file(s) left by a killed conversion", len(removed))
     summary.frame_cache = frame_cache
 
     scenes = [_read_scene(scene_dir, aicity, class_list, sub_classes, num_frames, skipped, summary.notes)

@@ -44,7 +44,8 @@ def atomic_torch_save(payload: Any, target: Path) -> None:
     """torch.save to a temporary file beside `target`, fsync, then os.replace."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    # the pid in the name lets a later run delete what a killed one left (remove_dead_temporaries)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(payload, handle)

@@ -103,7 +103,11 @@ class Sparse4DDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None
-        return _loader(self.train_set, self.train_sampler(), int(self.dataset_cfg.num_workers))
+        sampler = self.train_sampler()
+        # Only the first epoch after a mid-epoch resume is short: the loaders Lightning rebuilds for
+        # the next epochs must be whole, or every later epoch would skip the same batches again.
+        self.skip_batches = 0
+        return _loader(self.train_set, sampler, int(self.dataset_cfg.num_workers))
 
     def val_loader(self) -> DataLoader:
         """Not `val_dataloader`: validation runs from TrainingLifecycle, not Lightning's loop."""

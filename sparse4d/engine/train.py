@@ -28,6 +28,7 @@ from sparse4d.engine.lightning_module import Sparse4DLightning
 from sparse4d.engine.predictions import Annotations, add_first
 from sparse4d.engine.pretrained import load_pretrained
 from sparse4d.errors import DataError, Sparse4DError
+from sparse4d.jobs.fileio import remove_dead_temporaries
 from sparse4d.jobs.status_file import FAILURE, STARTED, SUCCESS, StatusWriter, status_file_for
 
 LOG = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ def _gather_results(results: dict) -> dict:
 def run_train(spec: Any) -> dict[str, float]:
     """Train per `spec` (a validated TrainSpec); returns the last epoch's KPIs."""
     results_dir = train_results_dir(spec)
+    for leftover in remove_dead_temporaries(results_dir):  # a killed run's half-written checkpoint
+        LOG.info("removed %s, left by a killed run", leftover.name)
     status = StatusWriter(status_file_for(results_dir))
     status.write(STARTED, "train started")
     try:

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,3 +72,36 @@ def file_lock(lock_path: str | os.PathLike[str], *, shared: bool = False) -> Ite
             fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)
+
+
+# ``.<name>.<pid>[.<random>].tmp[.<ext>]``: the temporaries of writers that put their pid in the name.
+_PID_TEMPORARY = re.compile(r"^\..+?\.(?P<pid>\d+)(?:\.[A-Za-z0-9_]+)?\.tmp(?:\.[A-Za-z0-9]+)?$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_dead_temporaries(folder: str | os.PathLike[str], *, recursive: bool = False) -> list[Path]:
+    """Delete temporaries whose writer (the pid in the name) is gone: a kill -9 skips every cleanup.
+
+    Only files named ``.<name>.<pid>[.<random>].tmp[.<ext>]`` are touched, and never while that pid
+    lives, so a writer running beside us keeps its file. Returns the paths removed.
+    """
+    base = Path(folder)
+    if not base.is_dir():
+        return []
+    removed = []
+    for path in (base.rglob(".*tmp*") if recursive else base.glob(".*tmp*")):
+        match = _PID_TEMPORARY.match(path.name)
+        if match and path.is_file() and not path.is_symlink() and not _pid_alive(int(match.group("pid"))):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
