@@ -129,9 +129,9 @@ class TrainingLifecycle(pl.Callback):
         self.last_kpi = kpi
         if trainer.is_global_zero and self.status is not None:
             self.status.write(RUNNING, f"epoch {completed}/{self.s.num_epochs} done (step {step})", kpi=kpi)
-        steps_this_epoch = trainer.num_training_batches
+        # step unit: the batch hook skips the epoch's last batch, so its interval is honoured here
         due = (self.s.checkpoint_unit == "epoch" and completed % self.s.checkpoint_interval == 0) or \
-              (self.s.checkpoint_unit == "step" and (step // self.s.checkpoint_interval) > ((step - steps_this_epoch) // self.s.checkpoint_interval)) or \
+              (self.s.checkpoint_unit == "step" and step % self.s.checkpoint_interval == 0) or \
               completed == self.s.num_epochs
         if due:
             self.save(trainer, pl_module, epoch=completed, batches_in_epoch=0)

@@ -63,3 +63,16 @@ def test_resume_after_a_checkpoint_repeats_the_uninterrupted_losses(trained: Pat
     final_b = torch.load(resumed / names[0], weights_only=True)["state_dict"]
     for name, value in final_a.items():
         torch.testing.assert_close(final_b[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_step_checkpoints_and_mid_epoch_resume(converted, tmp_path: Path) -> None:
+    every3 = {"dataset.batch_size": 2, "train.checkpoint_interval_unit": "step", "train.checkpoint_interval": 3}
+    run_train(make_spec("train", tiny_overrides(converted, tmp_path / "a", **every3)))
+    names = [p.name for _, _, p in list_checkpoints(tmp_path / "a")]
+    # steps 3 and 6 fall inside epochs (epoch = completed epochs), 8 is the end of the run
+    assert names == ["model_epoch_000_step_00003.pth", "model_epoch_001_step_00006.pth", "model_epoch_002_step_00008.pth"]
+    assert torch.load(tmp_path / "a" / names[1], weights_only=True)["batches_in_epoch"] == 2
+    run_train(make_spec("train", tiny_overrides(converted, tmp_path / "b", **every3,
+                                                **{"train.resume_training_checkpoint_path": str(tmp_path / "a" / names[1])})))
+    assert [p.name for _, _, p in list_checkpoints(tmp_path / "b")] == ["model_epoch_002_step_00008.pth"]
+    assert sorted(step_losses(tmp_path / "b")) == [0, 1]  # only the two batches left in epoch 2 were trained
