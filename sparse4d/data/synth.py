@@ -103,15 +103,17 @@ class _Track:
 class SyntheticScene:
     """One warehouse scene: static cameras, moving objects, and a renderer."""
 
-    def __init__(self, *, seed_sequence: np.random.SeedSequence, cameras: int, size: tuple[int, int]) -> None:
-        rng = np.random.default_rng(seed_sequence)
+    def __init__(self, *, rig_sequence: np.random.SeedSequence, object_sequence: np.random.SeedSequence, cameras: int,
+                 size: tuple[int, int]) -> None:
+        rig_rng = np.random.default_rng(rig_sequence)
+        rng = np.random.default_rng(object_sequence)
         self.width, self.height = size
         # Scenes do not sit at the world origin, so recentering has something to do.
-        self.origin = np.array([*rng.uniform(-40.0, 40.0, 2), 0.0])
-        self.cameras = [self._make_camera(rng, index, cameras) for index in range(cameras)]
+        self.origin = np.array([*rig_rng.uniform(-40.0, 40.0, 2), 0.0])
+        self.cameras = [self._make_camera(rig_rng, index, cameras) for index in range(cameras)]
+        self._floor = [self._render_floor(camera, rig_rng) for camera in self.cameras]
         kinds = list(CLASS_NAMES) + list(rng.choice(CLASS_NAMES[:5], size=2))
         self.tracks = [self._make_track(rng, object_id + 1, kind) for object_id, kind in enumerate(kinds)]
-        self._floor = [self._render_floor(camera, rng) for camera in self.cameras]
 
     def _make_camera(self, rng: np.random.Generator, index: int, count: int) -> SynthCamera:
         angle = 2 * np.pi * index / count + rng.uniform(-0.3, 0.3) + 0.4
@@ -267,8 +269,11 @@ def visible_boxes(ids: np.ndarray) -> dict[int, list[int]]:
 def build_scene(*, seed: int, split: str = "train", scene_index: int = 0, cameras: int = 2,
                 size: tuple[int, int] = (256, 128)) -> SyntheticScene:
     """The in-memory scene `write_scene` writes; tests use it to re-render object masks."""
-    sequence = np.random.SeedSequence([seed, SPLIT_INDEX.get(split, 3), scene_index])
-    return SyntheticScene(seed_sequence=sequence, cameras=cameras, size=size)
+    # Scene k of every split is the same warehouse (camera rig, floor) recorded with other objects and
+    # motion, so a held-out split tests new objects and poses in known rigs.
+    rig = np.random.SeedSequence([seed, scene_index])
+    objects = np.random.SeedSequence([seed, SPLIT_INDEX.get(split, 3), scene_index])
+    return SyntheticScene(rig_sequence=rig, object_sequence=objects, cameras=cameras, size=size)
 
 
 def scene_name(scene_index: int) -> str:
