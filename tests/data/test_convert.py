@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import aicity_config
+from .conftest import aicity_config
 from sparse4d.data.convert import FRAME_KEYS, run_dataset_convert
 from sparse4d.data.safe_pickle import safe_load
 from sparse4d.errors import DataError, InputFileError

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CLASSES, aicity_config, augmentation, identity_normalize
+from .conftest import CLASSES, aicity_config, augmentation, identity_normalize
 from sparse4d.data.collate import collate_sparse4d
 from sparse4d.data.convert import run_dataset_convert
 from sparse4d.data.dataset import OVPKLDataset, SampleKey

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from conftest import aicity_config
+from .conftest import aicity_config
 from sparse4d.data.cli import normalize_depth_paths as normalize_command, synth_aicity
 from sparse4d.data.convert import run_dataset_convert
 from sparse4d.data.normalize_depth import normalize_depth_paths

@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from conftest import make_spec, tiny_overrides
+from .conftest import make_spec, tiny_overrides
 from sparse4d.data.safe_pickle import safe_load
 from sparse4d.engine.evaluate import METRICS_NAME, RESULTS_NAME, run_evaluate
 from sparse4d.engine.inference import run_inference

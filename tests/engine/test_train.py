@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_spec, tiny_overrides
+from .conftest import make_spec, tiny_overrides
 from sparse4d.engine.checkpoint import LATEST_NAME, list_checkpoints
 from sparse4d.engine.train import run_train
 from sparse4d.jobs.status_file import latest_metric, read_events

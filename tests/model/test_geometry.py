@@ -8,7 +8,7 @@ import torch
 from sparse4d.model.box_coding import decode_anchors, encode_boxes
 from sparse4d.model.keypoints import KeyPointsGenerator, project_points, yaw_rotation
 
-from model_helpers import camera_projection
+from .model_helpers import camera_projection
 
 
 def test_encode_decode_roundtrip() -> None:

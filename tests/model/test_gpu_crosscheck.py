@@ -10,7 +10,7 @@ import torch
 from sparse4d.model.backbone import ResNet
 from sparse4d.model.sparse4d import Sparse4D
 
-from model_helpers import random_anchors, small_config, synthetic_batch
+from .model_helpers import random_anchors, small_config, synthetic_batch
 
 
 def _to(batch: dict, device: str) -> dict:

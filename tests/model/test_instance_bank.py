@@ -8,7 +8,7 @@ import torch
 from sparse4d.errors import DataError, InputFileError
 from sparse4d.model.instance_bank import InstanceBank, InstanceBankState, load_anchors, move_by_velocity
 
-from model_helpers import random_anchors
+from .model_helpers import random_anchors
 
 THRESHOLD = 0.5
 

@@ -8,7 +8,7 @@ import torch
 from sparse4d.model.losses import gaussian_focal_loss, sigmoid_focal_loss, yawness_loss
 from sparse4d.model.sparse4d import Sparse4D
 
-from model_helpers import random_anchors, small_config, synthetic_batch
+from .model_helpers import random_anchors, small_config, synthetic_batch
 
 
 def reference_focal(logits: torch.Tensor, labels: torch.Tensor, gamma: float, alpha: float, normaliser: float) -> float:

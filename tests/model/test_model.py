@@ -11,7 +11,7 @@ from sparse4d.model.denoising import CarriedDenoising, attention_mask, make_deno
 from sparse4d.model.sparse4d import Sparse4D
 from sparse4d.model.unsupported import check_supported
 
-from model_helpers import random_anchors, small_config, synthetic_batch
+from .model_helpers import random_anchors, small_config, synthetic_batch
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from sparse4d.data.safe_pickle import safe_load
 from sparse4d.data.synth import make_synthetic_dataset
 from sparse4d.jobs.backend import JobBackend
 from sparse4d.jobs.store import JOB_ID_RE, STATES
-from tiny_training import child_env, run_trainer, trainer_command, write_spec
+from .tiny_training import child_env, run_trainer, trainer_command, write_spec
 
 CONVERT_KILLS = 6
 STORE_KILLS = 5

@@ -25,7 +25,7 @@ import torch
 
 from sparse4d.engine.checkpoint import CHECKPOINT_PATTERN, LATEST_NAME, list_checkpoints
 from sparse4d.jobs.status_file import read_events
-from tiny_training import child_env, make_converted, run_trainer, tiny_train_overrides, trainer_command, write_spec
+from .tiny_training import child_env, make_converted, run_trainer, tiny_train_overrides, trainer_command, write_spec
 
 pytestmark = pytest.mark.slow
 
