@@ -75,3 +75,15 @@ def oom_error(exc: BaseException, action: str) -> Sparse4DError:
 
 def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "CUDA out of memory" in str(exc)
+
+
+def prepare_model_for_device(model: torch.nn.Module) -> torch.nn.Module:
+    """On CUDA: plug in the fused Triton aggregation (used where `use_deformable_func` allows it) and
+    keep activations channels_last so the aggregation reads the neck's features without a copy."""
+    if not torch.cuda.is_available():
+        return model
+    from sparse4d.model.fused_aggregation import enable_fused_aggregation
+
+    if enable_fused_aggregation():
+        LOG.info("fused Triton deformable aggregation enabled")
+    return model.to(memory_format=torch.channels_last)

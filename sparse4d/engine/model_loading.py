@@ -48,4 +48,6 @@ def load_model_for_eval(path: str | Path, spec: Any, *, key: str = "evaluate.che
                         f"e.g. {(missing or list(result.unexpected_keys))[:3]})", key=key,
                         hint="use the same model.* settings as the training spec")
     model.eval()
-    return model
+    from .devices import prepare_model_for_device
+
+    return prepare_model_for_device(model)

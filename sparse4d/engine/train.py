@@ -43,7 +43,9 @@ def train_results_dir(spec: Any) -> Path:
 def build_model(spec: Any) -> torch.nn.Module:
     from sparse4d.model.sparse4d import Sparse4D
 
-    return Sparse4D.from_config(spec.model, len(spec.dataset.classes))
+    from .devices import prepare_model_for_device
+
+    return prepare_model_for_device(Sparse4D.from_config(spec.model, len(spec.dataset.classes)))
 
 
 def read_resume(path: str, classes: list[str]) -> tuple[ResumeState, dict[str, torch.Tensor]]:
