@@ -149,7 +149,9 @@ def launch(req: LaunchRequest, *, dry_run: bool = False, wait: bool = False, fol
     if not report.valid:
         doc["exit_code"] = exit_code_for(report)
         return doc
-    doc["spec"] = resolved
+    from ..jobs.secrets import redact
+
+    doc["spec"] = redact(resolved, use_environment=False)  # printed and returned: an -o encryption_key=... is masked
     if req.action == "train" and plan.get("route") != "direct":
         doc["automl"] = plan.get("automl")
         try:

@@ -107,6 +107,12 @@ def plan(action: str, request: str | None, train_root: str | None, eval_root: st
             step=step, scene=scene, overrides=list(overrides), automl_policy=automl_policy,
             skill_dir=skill_dir, jobs_root=jobs_root,
         )
+        # An -o encryption_key=... (or any secret-looking key) is echoed in the plan: mask its value
+        # everywhere (command line, spec_overrides, spec_params) before the plan is printed.
+        from sparse4d.jobs.secrets import is_secret_key, redact
+
+        secrets = [value for key, _, value in (o.partition("=") for o in overrides) if is_secret_key(key.strip()) and value.strip()]
+        document = redact(document, [s.strip().strip("'\"") for s in secrets] + secrets, use_environment=False)
         return document, (EXIT_INVALID_SPEC if document["status"] == "not_this_skill" else 0)
 
     def human(doc: dict[str, Any]) -> str:
