@@ -64,7 +64,9 @@ def test_quantized_checkpoint_is_weights_only_and_close_to_the_float_model(quant
         want = reference.forward_frame(img, proj, wh, dt, first, state)[0]["classification"]
         got = model.forward_frame(img, proj, wh, dt, first, state)[0]["classification"]
     error = (got - want).abs()
-    assert float(error.mean()) < 0.05 and float(error.max()) < 0.5, (float(error.mean()), float(error.max()))
+    relative = float(error.norm() / want.norm())  # int8 weights: a few percent of the logits, not exact
+    print(f"quantized vs float logits: relative {relative:.4f}, mean {float(error.mean()):.4f}, max {float(error.max()):.4f}")
+    assert relative < 0.1 and float(error.mean()) < 0.05, (relative, float(error.mean()), float(error.max()))
     assert not torch.equal(got, want)  # really quantized, not the float weights
 
 
