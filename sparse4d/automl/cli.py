@@ -20,17 +20,6 @@ from ..config.loading import parse_override, read_spec_file
 from ..errors import EXIT_FAILURE
 from ..jobs.backend import JobBackend
 from .rungs import ALGORITHMS
-from .study import (
-    Controller,
-    StudyConfig,
-    automl_dir,
-    best_trial,
-    create_or_load_study,
-    load_study,
-    open_storage,
-    request_stop,
-    study_summary,
-)
 
 _COMMON = [
     click.option("--study", "study_name", required=True, help="Study name (also names the journal file)."),
@@ -50,6 +39,7 @@ def common_options(fn):
 
 
 def _open(study_name: str, storage: str | None, jobs_root: Path | None):
+    from .study import open_storage  # optuna loads only when a study command runs
     backend = JobBackend(jobs_root)
     return backend, open_storage(storage, backend.root, study_name)
 
@@ -98,6 +88,7 @@ def start(spec: Path | None, overrides: tuple[str, ...], algorithm: str, params:
           schema_path: str | None, verify_load: bool, poll: float, detach: bool, study_name: str,
           storage: str | None, jobs_root: Path | None, as_json: bool) -> None:
     def body() -> int:
+        from .study import Controller, StudyConfig, create_or_load_study  # optuna loads only when a study command runs
         backend, store = _open(study_name, storage, jobs_root)
         config = None
         if spec is not None:
@@ -125,6 +116,7 @@ def start(spec: Path | None, overrides: tuple[str, ...], algorithm: str, params:
 
 def detach_controller(study_name: str, storage: str | None, backend: JobBackend, poll: float) -> dict[str, Any]:
     """Start the study's controller as a background process; returns its pid and log path."""
+    from .study import automl_dir  # optuna loads only when a study command runs
     log_path = automl_dir(backend.root) / f"{study_name}.controller.log"
     command = [sys.executable, "-m", "sparse4d.automl.cli", "start", "--study", study_name,
                "--jobs-root", str(backend.root), "--poll", str(poll)]
@@ -151,6 +143,7 @@ def _detach(study_name: str, storage: str | None, backend: JobBackend, poll: flo
 @common_options
 def status(study_name: str, storage: str | None, jobs_root: Path | None, as_json: bool) -> None:
     def body() -> int:
+        from .study import load_study, study_summary  # optuna loads only when a study command runs
         backend, store = _open(study_name, storage, jobs_root)
         study, config = load_study(store, study_name)
         doc = study_summary(study, config, backend)
@@ -166,6 +159,7 @@ def status(study_name: str, storage: str | None, jobs_root: Path | None, as_json
 @common_options
 def stop(wait_s: float, study_name: str, storage: str | None, jobs_root: Path | None, as_json: bool) -> None:
     def body() -> int:
+        from .study import load_study, request_stop  # optuna loads only when a study command runs
         backend, store = _open(study_name, storage, jobs_root)
         study, _ = load_study(store, study_name)
         doc = request_stop(study, backend, wait_s=wait_s)
@@ -183,6 +177,7 @@ def stop(wait_s: float, study_name: str, storage: str | None, jobs_root: Path | 
 @common_options
 def best(study_name: str, storage: str | None, jobs_root: Path | None, as_json: bool) -> None:
     def body() -> int:
+        from .study import best_trial, load_study  # optuna loads only when a study command runs
         _, store = _open(study_name, storage, jobs_root)
         study, _ = load_study(store, study_name)
         doc = best_trial(study)
