@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from sparse4d.errors import DataError, InputFileError
+from sparse4d.jobs.fileio import fsync_dir
 
 CHECKPOINT_FORMAT = "sparse4d-checkpoint-1"
 LATEST_NAME = "model_latest.pth"
@@ -56,7 +57,7 @@ def atomic_torch_save(payload: Any, target: Path) -> None:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
 
 def point_latest(checkpoint: Path) -> Path:
@@ -71,21 +72,8 @@ def point_latest(checkpoint: Path) -> Path:
     except OSError:
         shutil.copyfile(checkpoint, tmp)
     os.replace(tmp, latest)
-    _fsync_dir(checkpoint.parent)
+    fsync_dir(checkpoint.parent)
     return latest
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def list_checkpoints(folder: Path) -> list[tuple[int, int, Path]]:
