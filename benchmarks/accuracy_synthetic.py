@@ -8,6 +8,7 @@ their class within 2 m (greedy by score, per frame), per frame of the val split.
 
     python benchmarks/accuracy_synthetic.py --workdir /tmp/acc            # main run + A/B
     python benchmarks/accuracy_synthetic.py --workdir /tmp/acc --no-ab    # main run only
+    python benchmarks/accuracy_synthetic.py --workdir /tmp/acc24 --no-ab --val-frames 24   # tracking on 24-frame val
 """
 from __future__ import annotations
 
@@ -32,14 +33,27 @@ from sparse4d.engine.small_config import small_overrides  # noqa: E402
 
 CONFIDENT = 0.3
 MATCH_DISTANCE = 2.0
+TRACKING_KEYS = ("AMOTA", "AMOTP", "MOTA", "MOTP", "IDF1", "recall", "IDS", "FP", "FN", "TP")
 
 
 def prepare_data(workdir: Path, *, scenes: int, val_scenes: int, frames: int, cameras: int, size: tuple[int, int],
-                 num_anchor: int, seed: int) -> dict[str, Any]:
+                 num_anchor: int, seed: int, val_frames: int | None = None) -> dict[str, Any]:
+    """Generate (once per workdir) and convert the splits; val scenes get `val_frames` frames (default `frames`).
+
+    Val scene k uses train scene k's rig at any length, so longer val sequences measure tracking on the
+    same kind of data the detector is scored on.
+    """
     root = workdir / "aicity"
-    if not (root / "val").is_dir():
+    val_frames = frames if val_frames is None else val_frames
+    if not (root / "train").is_dir():
         make_synthetic_dataset(root, scenes=scenes, cameras=cameras, frames=frames, size=size, seed=seed, splits=("train",))
-        make_synthetic_dataset(root, scenes=val_scenes, cameras=cameras, frames=frames, size=size, seed=seed, splits=("val",))
+    if not (root / "val").is_dir():
+        make_synthetic_dataset(root, scenes=val_scenes, cameras=cameras, frames=val_frames, size=size, seed=seed, splits=("val",))
+    for scene_dir in sorted((root / "val").iterdir()):
+        have = len(json.loads((scene_dir / "ground_truth.json").read_text()))
+        if have != val_frames:
+            raise SystemExit(f"{scene_dir} has {have} frames but --val-frames is {val_frames}: use a fresh --workdir "
+                             f"(or delete {root / 'val'} and {workdir / 'converted' / 'val'})")
     out = workdir / "converted"
     files: dict[str, list[str]] = {}
     for split in ("train", "val"):
@@ -113,29 +127,43 @@ def confident_unmatched_per_frame(results: dict[str, list[dict]], gt: dict[str, 
     return float(np.mean(counts)) if counts else 0.0
 
 
-def train_and_evaluate(name: str, data: dict[str, Any], workdir: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+def train_and_evaluate(name: str, data: dict[str, Any], workdir: Path, overrides: dict[str, Any],
+                       checkpoint: Path | None = None) -> dict[str, Any]:
+    """Train (unless `checkpoint` is given), evaluate detection and tracking on val, collect the numbers."""
     from sparse4d.engine.checkpoint import list_checkpoints
-    from sparse4d.engine.evaluate import RESULTS_NAME, run_evaluate
+    from sparse4d.engine.evaluate import METRICS_NAME, RESULTS_NAME, run_evaluate
     from sparse4d.engine.predictions import Annotations
     from sparse4d.engine.train import run_train
 
     started = time.monotonic()
-    train_dir = workdir / name / "train"
-    run_train(spec_for("train", data, train_dir, overrides))
+    if checkpoint is None:
+        train_dir = workdir / name / "train"
+        run_train(spec_for("train", data, train_dir, overrides))
+        checkpoint = list_checkpoints(train_dir)[-1][2]
     train_s = time.monotonic() - started
-    checkpoint = list_checkpoints(train_dir)[-1][2]
     eval_dir = workdir / name / "evaluate"
     eval_spec = spec_for("evaluate", data, eval_dir, {**overrides, "evaluate.checkpoint": str(checkpoint),
                                                      "evaluate.metrics": ["detection", "tracking"]})
     values = run_evaluate(eval_spec)
     total_s = time.monotonic() - started
     results = json.loads((eval_dir / RESULTS_NAME).read_text())["results"]
+    tracking = json.loads((eval_dir / METRICS_NAME).read_text())["tracking"]
     from sparse4d.engine.data_module import build_dataset
 
     annotations = Annotations.from_dataset(build_dataset(eval_spec.dataset, eval_spec.model, "val"))
+    frames = [len(tokens) for tokens in annotations.frames.values()]
     return {"name": name, "mAP": values["mAP"], "NDS": values["NDS"], "AMOTA": values.get("AMOTA"),
+            **{key: tracking[key] for key in TRACKING_KEYS if key != "AMOTA"},
+            "val_sequences": len(frames), "val_frames_per_sequence": frames,
             "confident_unmatched_per_frame": confident_unmatched_per_frame(results, annotations.gt),
             "train_s": train_s, "total_s": total_s, "checkpoint": str(checkpoint)}
+
+
+def tracking_line(row: dict[str, Any]) -> str:
+    def show(value: Any) -> str:
+        return "nan" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    return "  ".join(f"{key} {show(row.get(key))}" for key in TRACKING_KEYS)
 
 
 def main() -> None:
@@ -143,7 +171,11 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--scenes", type=int, default=24)
     parser.add_argument("--val-scenes", type=int, default=2)
-    parser.add_argument("--frames", type=int, default=6)
+    parser.add_argument("--frames", type=int, default=6, help="frames per train scene")
+    parser.add_argument("--val-frames", type=int, default=None,
+                        help="frames per val scene (default: --frames); tracking needs >= 20 to mean much")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="evaluate this checkpoint of the same recipe instead of training (main run only)")
     parser.add_argument("--epochs", type=int, default=18)
     parser.add_argument("--ab-epochs", type=int, default=None, help="epochs of each A/B run (default: --epochs)")
     parser.add_argument("--seed", type=int, default=7)
@@ -156,7 +188,7 @@ def main() -> None:
 
     started = time.monotonic()
     data = prepare_data(args.workdir, scenes=args.scenes, val_scenes=args.val_scenes, frames=args.frames, cameras=2,
-                        size=(256, 128), num_anchor=64, seed=args.seed)
+                        size=(256, 128), num_anchor=64, seed=args.seed, val_frames=args.val_frames)
     print(f"data ready in {time.monotonic() - started:.0f} s", flush=True)
     overrides: dict[str, Any] = small_overrides(width=256, height=128, cameras=2, num_anchor=64)
     overrides.update({"train.seed": args.seed, "train.num_epochs": args.epochs, "train.checkpoint_interval": args.epochs,
@@ -169,10 +201,12 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     rows = []
     if not args.ab_only:
-        rows.append(train_and_evaluate("ours", data, args.workdir, overrides))
+        rows.append(train_and_evaluate("ours", data, args.workdir, overrides, checkpoint=args.checkpoint))
         r = rows[-1]
         print(f"\nsmall config on {device}: mAP {r['mAP']:.4f}  NDS {r['NDS']:.4f}  AMOTA {r['AMOTA']:.4f}  "
               f"train {r['train_s']:.0f} s, train+evaluate {r['total_s']:.0f} s", flush=True)
+        print(f"tracking on {r['val_sequences']} val sequences of {r['val_frames_per_sequence']} frames: {tracking_line(r)}",
+              flush=True)
     if not args.no_ab:
         ab = dict(overrides)
         if args.ab_epochs:

@@ -282,3 +282,64 @@ def test_association_matches_brute_force(seed):
         assert got[key] == expected[key], key
     assert got["mota"] == pytest.approx(expected["mota"])
     assert got["idf1"] == pytest.approx(expected["idf1"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Long sequences: what the engine's failure mode (a new id every frame) scores, against stable ids.
+# ---------------------------------------------------------------------------------------------
+
+def _walkers(num_frames=12, num_objects=3):
+    """num_objects cars 4 m apart walking +0.3 m per frame, annotated in every frame of scene 'w'."""
+    gt, frames = {}, {"w": []}
+    for f in range(num_frames):
+        token = f"w/{f}"
+        frames["w"].append(token)
+        gt[token] = gt_from_boxes([box(0.3 * f, 4.0 * o) for o in range(num_objects)], ["car"] * num_objects,
+                                  list(range(num_objects)))
+    return gt, frames
+
+
+def _predict(gt, frames, track_id, score=lambda o: 0.5 + 0.1 * o):
+    """Predictions on every annotation; track_id(frame, object) names the predicted track."""
+    preds = {}
+    for f, token in enumerate(frames["w"]):
+        preds[token] = [det(b["translation"][0], b["translation"][1], track_id(f, b["instance_id"]),
+                            score=score(b["instance_id"])) for b in gt[token]]
+    return preds
+
+
+def test_long_perfect_tracks_score_1():
+    gt, frames = _walkers(num_frames=24)
+    m = evaluate_tracking(gt, _predict(gt, frames, lambda f, o: f"t{o}"), frames, ["car"])
+    assert m.amota == pytest.approx(1.0) and m.mota == pytest.approx(1.0) and m.idf1 == pytest.approx(1.0)
+    assert m.amotp == pytest.approx(0.0) and m.ids == 0 and m.tp == 72
+
+
+def test_new_id_every_frame_scores_amota_0_despite_perfect_boxes():
+    # Every match after the first frame is an identity switch: matches (recall) stop at 1/12 < 0.1, so
+    # no recall point of AMOTA is reached. IDF1: each 1-frame hypothesis pairs with one object: 2*3/72.
+    # Without a reached recall point the devkit reports its worst values; a fixed threshold gives the counts.
+    gt, frames = _walkers(num_frames=12)
+    preds = _predict(gt, frames, lambda f, o: f"{f}-{o}")
+    m = evaluate_tracking(gt, preds, frames, ["car"])
+    assert m.amota == 0.0 and m.amotp == pytest.approx(2.0) and m.mota == 0.0 and m.fn == 36
+    fixed = evaluate_tracking(gt, preds, frames, ["car"], score_threshold=0.0)
+    assert fixed.tp == 3 and fixed.ids == 33 and fixed.fp == 0 and fixed.fn == 0
+    assert fixed.idf1 == pytest.approx(2 * 3 / 72)
+    assert fixed.mota == pytest.approx(1 - 33 / 36)
+    assert fixed.amota == 0.0
+    # Stable ids on the same boxes: everything perfect.
+    assert evaluate_tracking(gt, _predict(gt, frames, lambda f, o: o), frames, ["car"]).amota == pytest.approx(1.0)
+
+
+def test_one_switch_halfway_lowers_idf1_and_the_reachable_recall():
+    # Object 0 changes id after frame 5 of 12 (one switch); objects 1, 2 keep theirs. One score for all.
+    # Matches 35 of 36: recall points 0.1 + k*0.9/39 <= 35/36 are reached (k <= 37: 38 points), each
+    # with MOTAR 1 (the switch is exactly the unmatched share). IDF1 = 2*(6 + 12 + 12)/72.
+    gt, frames = _walkers(num_frames=12)
+    track = lambda f, o: f"t{o}" if o or f < 6 else "t0-new"  # noqa: E731
+    m = evaluate_tracking(gt, _predict(gt, frames, track, score=lambda o: 0.7), frames, ["car"])
+    assert m.ids == 1 and m.tp == 35
+    assert m.mota == pytest.approx(1 - 1 / 36)
+    assert m.idf1 == pytest.approx(2 * 30 / 72)
+    assert m.amota == pytest.approx(38 / 40)
