@@ -32,3 +32,18 @@ BOX_X, BOX_Y, BOX_Z, BOX_W, BOX_L, BOX_H, BOX_YAW, BOX_VX, BOX_VY, BOX_VZ = rang
 ANCHOR_X, ANCHOR_Y, ANCHOR_Z, ANCHOR_W, ANCHOR_L, ANCHOR_H, ANCHOR_SIN, ANCHOR_COS, ANCHOR_VX, ANCHOR_VY, ANCHOR_VZ = range(11)
 BOX_DIMS = 10
 ANCHOR_DIMS = 11
+
+
+def check_targets(batch: dict, num_classes: int) -> None:
+    """Raise DataError unless every sample's GT boxes are (M, 10) with M labels in [0, num_classes).
+
+    Reads label values: run it on host tensors (the data module does, before the batch moves to the
+    GPU), where it costs nothing; on GPU tensors it would stall the device, so those are skipped.
+    """
+    from sparse4d.errors import DataError
+
+    for i, (boxes, labels) in enumerate(zip(batch["gt_bboxes_3d"], batch["gt_labels_3d"])):
+        if boxes.dim() != 2 or boxes.shape[-1] != BOX_DIMS or boxes.shape[0] != labels.shape[0]:
+            raise DataError(f"sample {i}: gt_bboxes_3d must be (M, 10) matching gt_labels_3d (M,), got {tuple(boxes.shape)} and {tuple(labels.shape)}")
+        if labels.device.type == "cpu" and labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+            raise DataError(f"sample {i}: gt_labels_3d outside [0, {num_classes})", key="dataset.classes")

@@ -118,6 +118,7 @@ class TrainingLifecycle(pl.Callback):
             self.save(trainer, pl_module, epoch=self.epoch_index(trainer), batches_in_epoch=done_in_epoch)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pl_module.check_finite()
         completed = self.epoch_index(trainer) + 1
         step = self.global_step(trainer)
         kpi: dict[str, float] = {f"train_{k}" if k != "loss" else "loss": v for k, v in pl_module.last_losses.items()}
@@ -141,6 +142,7 @@ class TrainingLifecycle(pl.Callback):
         step = self.global_step(trainer)
         if not trainer.is_global_zero or step == self._saved_at_step:
             return None
+        pl_module.check_finite()  # never write the weights of a diverged run
         scheduler = trainer.lr_scheduler_configs[0].scheduler if trainer.lr_scheduler_configs else None
         payload = {
             "format": CHECKPOINT_FORMAT,

@@ -11,8 +11,10 @@ import logging
 from typing import Any, Iterator
 
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
+from sparse4d.batch import check_targets
 from sparse4d.data.collate import collate_sparse4d
 from sparse4d.data.dataset import OVPKLDataset, SampleKey
 from sparse4d.data.sampler import StreamingBatchSampler
@@ -94,6 +96,11 @@ class Sparse4DDataModule(pl.LightningDataModule):
         if self.with_val and self.val_set is None:
             self.val_set = build_dataset(self.dataset_cfg, self.model_cfg, "val", seed=self.seed)
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Check the GT labels while they are still on the host (on the GPU the check would be a sync)."""
+        check_targets(batch, len(self.dataset_cfg.classes))
+        return batch
+
     def train_sampler(self) -> EpochOffsetSampler:
         assert self.train_set is not None
         same_scene = _chosen(self.dataset_cfg.train_dataset, "same_scene_in_batch", self.dataset_cfg.sequences.same_scene_in_batch)
@@ -126,5 +133,6 @@ def eval_loader(dataset: OVPKLDataset, batch_size: int, num_workers: int, *, wor
 
 
 def _loader(dataset: OVPKLDataset, batch_sampler: Any, num_workers: int) -> DataLoader:
+    # pinned batches let the copies to the GPU run without stalling the host
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, collate_fn=collate_sparse4d,
-                      persistent_workers=False, pin_memory=False)
+                      persistent_workers=False, pin_memory=torch.cuda.is_available())

@@ -17,13 +17,23 @@ from sparse4d.engine.optim import build_optimizer, build_scheduler
 NORM_TYPES = {"L2": 2.0, "L1": 1.0, "inf": float("inf")}
 
 
+LOSS_GROUPS = ("cls", "box", "cns", "yns", "depth")
+
+
 class Sparse4DLightning(pl.LightningModule):
-    def __init__(self, model: torch.nn.Module, optim: Any, total_steps: int) -> None:
+    """Training steps never wait on the GPU: losses stay device tensors, and divergence (a non-finite
+    loss) is accumulated on the device and checked every `finite_check_interval` steps, at epoch end
+    and before any checkpoint is written (a NaN run stops before it can save NaN weights)."""
+
+    def __init__(self, model: torch.nn.Module, optim: Any, total_steps: int, finite_check_interval: int = 20) -> None:
         super().__init__()
         self.model = model
         self.optim = optim
         self.total_steps = int(total_steps)
-        self.last_losses: dict[str, float] = {}
+        self.finite_check_interval = max(int(finite_check_interval), 1)
+        self._recent_losses: dict[str, torch.Tensor] = {}
+        self._nonfinite: torch.Tensor | None = None
+        self._nonfinite_since = -1
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         return self.model(batch)
@@ -32,21 +42,40 @@ class Sparse4DLightning(pl.LightningModule):
         out = self.model(batch)
         losses = self.model.loss(out, batch)
         total = losses["loss"]
-        if not torch.isfinite(total):
-            from sparse4d.errors import Sparse4DError
-
-            raise Sparse4DError(f"training diverged: loss is {float(total)} at batch {batch_idx}",
-                                hint="lower train.optim.lr, keep train.optim.grad_clip.max_norm > 0, or use precision fp32")
         batch_size = int(batch["img"].shape[0])
-        self.log("train_loss", total.detach(), prog_bar=True, batch_size=batch_size)
-        summary = {"loss": float(total.detach())}
-        for group in ("cls", "box", "cns", "yns", "depth"):
+        summary = {"loss": total.detach()}
+        for group in LOSS_GROUPS:
             parts = [v.detach() for k, v in losses.items() if k.startswith(f"loss_{group}")]
             if parts:
-                summary[f"loss_{group}"] = float(torch.stack(parts).sum())
-        self.last_losses = summary
+                summary[f"loss_{group}"] = torch.stack(parts).sum()
+        self._recent_losses = summary
+        bad = ~torch.isfinite(summary["loss"])
+        if self._nonfinite is None:
+            self._nonfinite, self._nonfinite_since = bad, batch_idx
+        else:
+            self._nonfinite = self._nonfinite | bad
+        self.log("train_loss", summary["loss"], prog_bar=True, batch_size=batch_size)
         self.log_dict({f"train_{k}": v for k, v in summary.items() if k != "loss"}, batch_size=batch_size)
+        if (batch_idx + 1) % self.finite_check_interval == 0:
+            self.check_finite(batch_idx)
         return total
+
+    def check_finite(self, batch_idx: int | None = None) -> None:
+        """Raise if any loss since the last check was not finite (one host sync)."""
+        flag, since = self._nonfinite, self._nonfinite_since
+        self._nonfinite = None
+        if flag is None or not bool(flag):
+            return
+        from sparse4d.errors import Sparse4DError
+
+        where = f"between batch {since} and {batch_idx}" if batch_idx is not None and batch_idx != since else f"at batch {since}"
+        raise Sparse4DError(f"training diverged: the loss became NaN or infinite {where}",
+                            hint="lower train.optim.lr, keep train.optim.grad_clip.max_norm > 0, or use precision fp32")
+
+    @property
+    def last_losses(self) -> dict[str, float]:
+        """The latest step's losses as floats (a host sync: read it at epoch end, not per step)."""
+        return {k: float(v) for k, v in self._recent_losses.items()}
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = build_optimizer(self.model, self.optim)

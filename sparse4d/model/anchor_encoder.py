@@ -50,7 +50,7 @@ class AnchorEncoder(nn.Module):
         if not self.pos_embed_only:
             assert self.size_fc is not None and self.yaw_fc is not None
             parts.append(self.size_fc(anchor[..., ANCHOR_W : ANCHOR_H + 1]))
-            parts.append(self.yaw_fc(anchor[..., [ANCHOR_SIN, ANCHOR_COS]]))
+            parts.append(self.yaw_fc(anchor[..., ANCHOR_SIN : ANCHOR_COS + 1]))
             if self.vel_fc is not None:
                 parts.append(self.vel_fc(anchor[..., ANCHOR_VX : ANCHOR_VX + self.vel_dims]))
         if self.mode == "cat":

@@ -35,7 +35,8 @@ def decode_anchors(anchors: Tensor) -> Tensor:
 
 def box_size_xyz(anchors: Tensor) -> Tensor:
     """Extents along the box's own axes (x = heading, y = across, z = up): [l, w, h]."""
-    return anchors[..., [ANCHOR_L, ANCHOR_W, ANCHOR_H]].exp()
+    # stacked slices, not a list index: indexing a CUDA tensor with a Python list copies the index to the GPU and waits
+    return torch.stack([anchors[..., ANCHOR_L], anchors[..., ANCHOR_W], anchors[..., ANCHOR_H]], dim=-1).exp()
 
 
 __all__ = ["encode_boxes", "decode_anchors", "box_size_xyz", "BOX_L", "ANCHOR_L"]

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
-from .matching import box_l1_cost
+from .instance_bank import gather_rows
+from .matching import UNASSIGNED, box_l1_cost, solve_assignments, to_device
 
 
 @dataclass
@@ -65,62 +66,65 @@ def make_denoising_queries(
     reg_weights: Tensor,
     generator: torch.Generator | None = None,
 ) -> DenoisingQueries | None:
-    """Build the denoising queries of one frame, or None when no sample has a GT box."""
-    gt_anchors = [g[:max_dn_gt] for g in gt_anchors]
-    gt_labels = [g[:max_dn_gt] for g in gt_labels]
-    gt_ids = [g[:max_dn_gt] for g in gt_ids]
-    num_gt = max((len(g) for g in gt_labels), default=0)
+    """Build the denoising queries of one frame, or None when no sample has a GT box.
+
+    The noise is drawn on the CPU (from `generator` when given) and copied once; the assignment costs
+    of every (sample, group) come back to the host in one copy: one host sync per frame.
+    """
+    counts = [min(len(g), max_dn_gt) for g in gt_labels]
+    num_gt = max(counts, default=0)
     if num_gt == 0:
         return None
     device = gt_anchors[0].device
     dtype = gt_anchors[0].dtype
     b = len(gt_anchors)
-    scale = torch.tensor(noise_scale, dtype=dtype, device=device)
     per_copy = 2 if add_neg_dn else 1
     m = num_gt * per_copy
-    anchors = torch.zeros(b, num_groups, m, gt_anchors[0].shape[-1], dtype=dtype, device=device)
-    box_targets = torch.zeros_like(anchors)
-    cls_targets = torch.full((b, num_groups, m), -1, dtype=torch.int64, device=device)
-    valid = torch.zeros(b, num_groups, m, dtype=torch.bool, device=device)
-    ids = torch.full((b, num_groups, m), -1, dtype=torch.int64, device=device)
-    for i in range(b):
-        n = len(gt_labels[i])
-        if n == 0:
-            continue
-        gt = torch.nan_to_num(gt_anchors[i], nan=0.0)
-        for g in range(num_groups):
-            pos_noise = (torch.rand(n, gt.shape[-1], generator=generator, dtype=dtype).to(device) * 2 - 1) * scale
-            noisy = [gt + pos_noise]
-            if add_neg_dn:
-                mag = torch.rand(n, gt.shape[-1], generator=generator, dtype=dtype).to(device) + 1
-                sign = torch.where(torch.rand(n, gt.shape[-1], generator=generator).to(device) > 0.5, 1.0, -1.0).to(dtype)
-                noisy.append(gt + mag * sign * scale)
-            noisy_all = torch.cat(noisy, dim=0)  # (per_copy * n, 11); row j < n is the positive copy of GT j
-            slots = torch.cat([torch.arange(n, device=device) + k * num_gt for k in range(per_copy)])
-            cost = box_l1_cost(noisy_all, gt, reg_weights.to(dtype)).cpu().double().numpy()
-            rows, cols = linear_sum_assignment(cost)
-            target_cls = torch.full((len(noisy_all),), -1, dtype=torch.int64, device=device)
-            target_box = torch.zeros_like(noisy_all)
-            target_id = torch.full((len(noisy_all),), -1, dtype=torch.int64, device=device)
-            rows_t = torch.as_tensor(rows, device=device)
-            cols_t = torch.as_tensor(cols, device=device)
-            target_cls[rows_t] = gt_labels[i][cols_t]
-            target_box[rows_t] = gt_anchors[i][cols_t]
-            target_id[rows_t] = gt_ids[i][cols_t]
-            anchors[i, g, slots] = noisy_all
-            box_targets[i, g, slots] = target_box
-            cls_targets[i, g, slots] = target_cls
-            valid[i, g, slots] = True
-            ids[i, g, slots] = target_id
+    raw = pad_sequence([g[:max_dn_gt] for g in gt_anchors], batch_first=True)  # (B, N, D), may hold NaN velocity
+    labels = pad_sequence([g[:max_dn_gt] for g in gt_labels], batch_first=True, padding_value=-1)
+    ids = pad_sequence([g[:max_dn_gt] for g in gt_ids], batch_first=True, padding_value=-1)
+    gt = torch.nan_to_num(raw, nan=0.0)
+
+    noise = denoising_noise(b, num_groups, num_gt, noise_scale, add_neg_dn, generator)  # (B, G, M, D) on the CPU
+    # slot k * num_gt + j holds copy k (0 positive, 1 negative) of GT j; slots of padding GT are invalid
+    slot_valid = np.zeros((b, m), dtype=bool)
+    for i, n in enumerate(counts):
+        for k in range(per_copy):
+            slot_valid[i, k * num_gt : k * num_gt + n] = True
+    noisy = gt[:, None].repeat(1, num_groups, per_copy, 1) + to_device(noise.numpy(), device).to(dtype)
+    valid = to_device(np.repeat(slot_valid[:, None], num_groups, axis=1), device)  # (B, G, M)
+    noisy = torch.where(valid[..., None], noisy, torch.zeros((), dtype=dtype, device=device))
+
+    cost = box_l1_cost(noisy.flatten(0, 1), gt.repeat_interleave(num_groups, dim=0), reg_weights.to(dtype))  # (B*G, M, N)
+    rows = [np.flatnonzero(slot_valid[i]) for i in range(b) for _ in range(num_groups)]
+    assigned = solve_assignments(cost, [n for n in counts for _ in range(num_groups)], rows).reshape(b, num_groups, m)
+    index = to_device(assigned, device)
+    hit = index >= 0
+    safe = index.clamp(min=0).flatten(1, 2)  # (B, G*M)
+    target_box = torch.where(hit.flatten(1, 2)[..., None], gather_rows(raw, safe), torch.zeros((), dtype=dtype, device=device))
+    target_cls = torch.where(hit.flatten(1, 2), torch.gather(labels, 1, safe), torch.full_like(safe, -1))
+    target_id = torch.where(hit.flatten(1, 2), torch.gather(ids, 1, safe), torch.full_like(safe, -1))
     return DenoisingQueries(
-        anchors=anchors.flatten(1, 2),
-        box_targets=box_targets.flatten(1, 2),
-        cls_targets=cls_targets.flatten(1, 2),
+        anchors=noisy.flatten(1, 2),
+        box_targets=target_box,
+        cls_targets=target_cls,
         valid=valid.flatten(1, 2),
-        instance_ids=ids.flatten(1, 2),
+        instance_ids=target_id,
         num_groups=num_groups,
         group_size=m,
     )
+
+
+def denoising_noise(batch: int, groups: int, num_gt: int, noise_scale: list[float], add_neg_dn: bool, generator: torch.Generator | None) -> Tensor:
+    """(B, G, M, D) offsets: positives uniform in [-1, 1] x scale, negatives +-[1, 2] x scale (M = copies x num_gt)."""
+    scale = torch.tensor(noise_scale, dtype=torch.float32)
+    dims = len(noise_scale)
+    positive = (torch.rand(batch, groups, num_gt, dims, generator=generator) * 2 - 1) * scale
+    if not add_neg_dn:
+        return positive
+    magnitude = torch.rand(batch, groups, num_gt, dims, generator=generator) + 1
+    sign = torch.where(torch.rand(batch, groups, num_gt, dims, generator=generator) > 0.5, 1.0, -1.0)
+    return torch.cat([positive, magnitude * sign * scale], dim=2)
 
 
 def attention_mask(num_anchor: int, dn: DenoisingQueries | None, batch_size: int, device: torch.device) -> Tensor | None:
@@ -168,4 +172,4 @@ def fit_group_size(values: Tensor, size: int, fill: float | int | bool) -> Tenso
     return torch.cat([values, torch.full(pad_shape, fill, dtype=values.dtype, device=values.device)], dim=2)
 
 
-__all__ = ["DenoisingQueries", "CarriedDenoising", "make_denoising_queries", "attention_mask", "retarget_carried", "fit_group_size", "np"]
+__all__ = ["DenoisingQueries", "CarriedDenoising", "make_denoising_queries", "attention_mask", "retarget_carried", "fit_group_size"]

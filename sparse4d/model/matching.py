@@ -1,7 +1,9 @@
-"""Hungarian matching of queries to ground truth (one frame, one sample).
+"""Hungarian matching of queries to ground truth.
 
 Cost = focal classification cost x cls_weight + weighted L1 box cost x box_weight, as Sparse4D's
-SparseBox3DTarget defines it; the assignment is scipy's linear_sum_assignment.
+SparseBox3DTarget defines it; the assignment is scipy's linear_sum_assignment. The costs of every
+(decoder layer, sample) pair are built in one batched GPU computation and copied to the host once:
+the solver needs them on the CPU, and one copy is one host sync per step instead of one per pair.
 """
 from __future__ import annotations
 
@@ -10,18 +12,24 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+UNASSIGNED = -1
+
 
 def focal_class_cost(logits: Tensor, gt_labels: Tensor, alpha: float, gamma: float, eps: float = 1e-12) -> Tensor:
-    """(Q, C) logits, (M,) labels -> (Q, M): focal loss of calling the query class k minus not calling it."""
+    """(..., Q, C) logits, (..., M) labels -> (..., Q, M): focal loss of calling the query class k minus not calling it."""
     prob = logits.sigmoid()
     neg = -(1 - prob + eps).log() * (1 - alpha) * prob.pow(gamma)
     pos = -(prob + eps).log() * alpha * (1 - prob).pow(gamma)
-    return (pos - neg)[:, gt_labels]
+    per_class = pos - neg
+    if logits.dim() == 2:
+        return per_class[:, gt_labels]
+    index = gt_labels.unsqueeze(-2).expand(*per_class.shape[:-1], gt_labels.shape[-1])
+    return torch.gather(per_class, -1, index)
 
 
 def box_l1_cost(boxes: Tensor, gt_boxes: Tensor, reg_weights: Tensor) -> Tensor:
-    """(Q, D), (M, D), (D,) -> (Q, M) weighted L1 distance (NaN targets count as 0 difference)."""
-    diff = (boxes[:, None] - gt_boxes[None]).abs()
+    """(..., Q, D), (..., M, D), (D,) -> (..., Q, M) weighted L1 distance (NaN targets count as 0 difference)."""
+    diff = (boxes.unsqueeze(-2) - gt_boxes.unsqueeze(-3)).abs()
     diff = torch.nan_to_num(diff, nan=0.0)
     return (diff * reg_weights).sum(-1)
 
@@ -32,16 +40,73 @@ def matching_cost(
     return focal_class_cost(logits, gt_labels, alpha, gamma) * cls_weight + box_l1_cost(boxes, gt_boxes, reg_weights) * box_weight
 
 
+def solve_assignments(cost: Tensor, num_gt: list[int], rows: list[np.ndarray] | None = None) -> np.ndarray:
+    """Minimum-cost assignment per problem. cost (S, Q, M) on any device; problem s uses the rows
+    `rows[s]` (default all) and the first num_gt[s] columns.
+
+    Returns (S, Q) int64 numpy: the column assigned to each row, UNASSIGNED where none. Non-finite
+    costs are treated as very expensive, so a diverging model still gets an assignment.
+    """
+    s_count, q = cost.shape[:2]
+    assigned = np.full((s_count, q), UNASSIGNED, dtype=np.int64)
+    if s_count == 0 or q == 0 or max(num_gt, default=0) == 0:
+        return assigned
+    cost_np = np.nan_to_num(cost.detach().float().cpu().numpy().astype(np.float64), nan=1e8, posinf=1e8, neginf=-1e8)
+    for s in range(s_count):
+        m = num_gt[s]
+        used = np.arange(q) if rows is None else rows[s]
+        if m == 0 or len(used) == 0:
+            continue
+        picked, cols = linear_sum_assignment(cost_np[s, used, :m])
+        assigned[s, used[picked]] = cols
+    return assigned
+
+
+def to_device(array: np.ndarray, device: torch.device) -> Tensor:
+    """Host array -> device tensor without a host sync (pinned, non-blocking copy on CUDA)."""
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+@torch.no_grad()
+def hungarian_match_batch(
+    logits: Tensor,
+    boxes: Tensor,
+    gt_labels: Tensor,
+    gt_boxes: Tensor,
+    num_gt: list[int],
+    *,
+    alpha: float,
+    gamma: float,
+    cls_weight: float,
+    box_weight: float,
+    reg_weights: Tensor,
+) -> Tensor:
+    """logits (S, Q, C), boxes (S, Q, D); GT padded to M per problem: gt_labels (S, M) (padding any
+    valid class), gt_boxes (S, M, D) NaN-free; num_gt[s] real GT of problem s (host ints).
+
+    Returns (S, Q) int64 on logits.device: the GT index each query is assigned to, or UNASSIGNED.
+    """
+    device = logits.device
+    if max(num_gt, default=0) == 0 or logits.shape[1] == 0:
+        return torch.full(logits.shape[:2], UNASSIGNED, dtype=torch.int64, device=device)
+    cost = matching_cost(
+        logits.float(), boxes.float(), gt_labels, gt_boxes.float(),
+        alpha=alpha, gamma=gamma, cls_weight=cls_weight, box_weight=box_weight, reg_weights=reg_weights.float(),
+    )
+    return to_device(solve_assignments(cost, num_gt), device)
+
+
 @torch.no_grad()
 def hungarian_match(
     logits: Tensor, boxes: Tensor, gt_labels: Tensor, gt_boxes: Tensor, *, alpha: float, gamma: float, cls_weight: float, box_weight: float, reg_weights: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """Minimum-cost one-to-one assignment. Returns (query indices, gt indices), int64 on logits.device."""
-    device = logits.device
-    if gt_labels.numel() == 0 or logits.shape[0] == 0:
-        empty = torch.zeros(0, dtype=torch.int64, device=device)
-        return empty, empty
-    cost = matching_cost(logits.float(), boxes.float(), gt_labels, gt_boxes.float(), alpha=alpha, gamma=gamma, cls_weight=cls_weight, box_weight=box_weight, reg_weights=reg_weights.float())
-    cost_np = np.nan_to_num(cost.cpu().double().numpy(), nan=1e8, posinf=1e8, neginf=-1e8)
-    rows, cols = linear_sum_assignment(cost_np)
-    return torch.as_tensor(rows, dtype=torch.int64, device=device), torch.as_tensor(cols, dtype=torch.int64, device=device)
+    """One problem: (Q, C), (Q, D), (M,), (M, D) -> (query indices, gt indices), int64 on logits.device."""
+    assigned = hungarian_match_batch(
+        logits[None], boxes[None], gt_labels[None], gt_boxes[None], [int(gt_labels.shape[0])],
+        alpha=alpha, gamma=gamma, cls_weight=cls_weight, box_weight=box_weight, reg_weights=reg_weights,
+    )[0]
+    rows = torch.nonzero(assigned >= 0).flatten()
+    return rows, assigned[rows]

@@ -45,7 +45,7 @@ class BoxRefinement(nn.Module):
         delta = self.layers(feature)
         refined = delta[..., : self.refine_dims] + anchor[..., : self.refine_dims]
         if self.refine_dims == 8:
-            yaw = F.normalize(refined[..., [ANCHOR_SIN, ANCHOR_COS]], dim=-1)
+            yaw = F.normalize(refined[..., ANCHOR_SIN : ANCHOR_COS + 1], dim=-1)
             refined = torch.cat([refined[..., :ANCHOR_SIN], yaw], dim=-1)
         else:
             refined = torch.cat([refined, anchor[..., ANCHOR_SIN : ANCHOR_COS + 1]], dim=-1)

@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
-from sparse4d.batch import ANCHOR_VX
+from sparse4d.batch import ANCHOR_VX, check_targets
 from sparse4d.errors import DataError
 
 from .anchor_encoder import AnchorEncoder
@@ -26,9 +27,9 @@ from .denoising import CarriedDenoising, make_denoising_queries, retarget_carrie
 from .depth import DenseDepthNet
 from .grid_mask import GridMask
 from .head import HeadOutput, Sparse4DHead
-from .instance_bank import InstanceBank, InstanceBankState, load_anchors
+from .instance_bank import InstanceBank, InstanceBankState, gather_rows, load_anchors
 from .losses import allow_reversed_yaw, centerness_loss, sigmoid_focal_loss, weighted_l1, yawness_loss
-from .matching import hungarian_match
+from .matching import hungarian_match_batch
 from .neck import FPN
 from .refinement import QUALITY_CNS, QUALITY_YNS
 from .unsupported import check_supported
@@ -95,6 +96,12 @@ class Sparse4D(nn.Module):
         self.return_feature = return_feature
         self._state: InstanceBankState | None = None
         self._carried_dn: CarriedDenoising | None = None
+        # loss constants live on the model's device: building them per step would be a host-to-device copy each
+        self.register_buffer("_reg_weights", torch.tensor(losses.reg_weights, dtype=torch.float32), persistent=False)
+        self.register_buffer("_match_reg_weights", torch.tensor(losses.match_reg_weights, dtype=torch.float32), persistent=False)
+        self.register_buffer("_reversible_classes", torch.tensor(losses.cls_allow_reverse, dtype=torch.int64), persistent=False)
+        dn_weights = denoising.reg_weights if denoising is not None else losses.match_reg_weights
+        self.register_buffer("_dn_reg_weights", torch.tensor(dn_weights, dtype=torch.float32), persistent=False)
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -320,7 +327,7 @@ class Sparse4D(nn.Module):
                     noise_scale=list(self.denoising.noise_scale),
                     max_dn_gt=self.denoising.max_dn_gt,
                     add_neg_dn=self.denoising.add_neg_dn,
-                    reg_weights=torch.tensor(self.denoising.reg_weights, device=device),
+                    reg_weights=self._dn_reg_weights,
                 )
                 dn_kwargs["dn"] = dn
                 carried = self._carried_dn
@@ -338,6 +345,7 @@ class Sparse4D(nn.Module):
         self._carried_dn = self.head.carry_dn(head_out) if self.training else None
 
         out: dict[str, Any] = {
+            "targets": gt,
             "classification": head_out.classification,
             "prediction": head_out.prediction,
             "quality": head_out.quality,
@@ -360,80 +368,103 @@ class Sparse4D(nn.Module):
 
     # ------------------------------------------------------------------ losses
     def _targets(self, batch: dict[str, Any], device: torch.device) -> dict[str, list[Tensor]]:
+        check_targets(batch, self.num_classes)  # label values are checked only while on the host
         anchors, labels, ids = [], [], []
-        b = batch["img"].shape[0]
-        for i in range(b):
-            boxes = batch["gt_bboxes_3d"][i].to(device=device, dtype=torch.float32)
+        inst = batch.get("instance_ids")
+        for i in range(batch["img"].shape[0]):
             lab = batch["gt_labels_3d"][i].to(device=device, dtype=torch.int64)
-            if boxes.dim() != 2 or boxes.shape[-1] != 10 or boxes.shape[0] != lab.shape[0]:
-                raise DataError(f"sample {i}: gt_bboxes_3d must be (M, 10) matching gt_labels_3d (M,), got {tuple(boxes.shape)} and {tuple(lab.shape)}")
-            if lab.numel() and (lab.min() < 0 or lab.max() >= self.num_classes):
-                raise DataError(f"sample {i}: gt_labels_3d outside [0, {self.num_classes})", key="dataset.classes")
-            anchors.append(encode_boxes(boxes))
+            anchors.append(encode_boxes(batch["gt_bboxes_3d"][i].to(device=device, dtype=torch.float32)))
             labels.append(lab)
-            inst = batch.get("instance_ids")
             ids.append(inst[i].to(device=device, dtype=torch.int64) if inst is not None else torch.arange(len(lab), device=device))
         return {"anchors": anchors, "labels": labels, "ids": ids}
 
     def _regression_weights(self, targets: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-target weights (K, 11) and NaN-free targets; rows with unknown velocity use valid_vel_weight."""
+        """Per-target weights (..., 11) and NaN-free targets; rows with unknown velocity use valid_vel_weight."""
         s = self.loss_settings
-        weights = targets.new_tensor(s.reg_weights).expand_as(targets).clone()
+        weights = self._reg_weights.to(targets.dtype).expand_as(targets)
         if s.valid_vel_weight >= 0:
-            bad_vel = ~torch.isfinite(targets[:, ANCHOR_VX:]).all(dim=-1)
-            weights[:, ANCHOR_VX:] = torch.where(bad_vel[:, None], torch.full_like(weights[:, ANCHOR_VX:], s.valid_vel_weight), weights[:, ANCHOR_VX:])
+            bad_vel = ~torch.isfinite(targets[..., ANCHOR_VX:]).all(dim=-1, keepdim=True)
+            vel_weights = torch.where(bad_vel, torch.full_like(weights[..., ANCHOR_VX:], s.valid_vel_weight), weights[..., ANCHOR_VX:])
+            weights = torch.cat([weights[..., :ANCHOR_VX], vel_weights], dim=-1)
         return weights, torch.nan_to_num(targets, nan=0.0)
 
-    def _box_losses(self, box: Tensor, target: Tensor, labels: Tensor, quality: Tensor | None, normaliser: Tensor, suffix: str) -> dict[str, Tensor]:
+    def _box_losses(self, box: Tensor, target: Tensor, labels: Tensor, quality: Tensor | None, normaliser: Tensor, mask: Tensor, suffix: str) -> dict[str, Tensor]:
+        """Box (and quality) losses over the rows where `mask` (any leading shape)."""
         s = self.loss_settings
         weights, target = self._regression_weights(target)
-        target = allow_reversed_yaw(box.detach(), target, labels, list(s.cls_allow_reverse))
-        out = {f"loss_box{suffix}": weighted_l1(box, target, weights, normaliser) * s.box_loss_weight}
+        target = allow_reversed_yaw(box.detach(), target, labels, self._reversible_classes)
+        out = {f"loss_box{suffix}": weighted_l1(box, target, weights, normaliser, mask) * s.box_loss_weight}
         if quality is not None:
-            out[f"loss_cns{suffix}"] = centerness_loss(quality[:, QUALITY_CNS], box, target, normaliser)
-            out[f"loss_yns{suffix}"] = yawness_loss(quality[:, QUALITY_YNS], box, target, normaliser)
+            out[f"loss_cns{suffix}"] = centerness_loss(quality[..., QUALITY_CNS], box, target, normaliser, mask)
+            out[f"loss_yns{suffix}"] = yawness_loss(quality[..., QUALITY_YNS], box, target, normaliser, mask)
+        return out
+
+    def _match_all_layers(self, out: dict[str, Any], gt: dict[str, list[Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+        """Hungarian-match every decoder layer's normal queries to the GT in one batched solve.
+
+        Returns (assigned GT index (L, B, A), -1 = unmatched; padded GT labels (B, M); padded raw GT anchors (B, M, 11)).
+        """
+        s = self.loss_settings
+        a = self.head.instance_bank.num_anchor
+        counts = [len(x) for x in gt["labels"]]
+        labels = pad_sequence(gt["labels"], batch_first=True, padding_value=0)
+        anchors = pad_sequence(gt["anchors"], batch_first=True)
+        if labels.shape[1] == 0:  # no GT anywhere: one padding column keeps the gathers below well-formed
+            labels = labels.new_zeros(labels.shape[0], 1)
+            anchors = anchors.new_zeros(anchors.shape[0], 1, anchors.shape[-1])
+        layers = len(out["classification"])
+        cls = torch.stack([c[:, :a] for c in out["classification"]]).flatten(0, 1)  # (L*B, A, C)
+        box = torch.stack([p[:, :a] for p in out["prediction"]]).flatten(0, 1)
+        assigned = hungarian_match_batch(
+            cls.detach(), box.detach(), labels.repeat(layers, 1), torch.nan_to_num(anchors, nan=0.0).repeat(layers, 1, 1), counts * layers,
+            alpha=s.alpha, gamma=s.gamma, cls_weight=s.match_cls_weight, box_weight=s.match_box_weight, reg_weights=self._match_reg_weights,
+        )
+        return assigned.reshape(layers, -1, a), labels, anchors
+
+    def query_losses(self, cls: Tensor, box: Tensor, quality: Tensor | None, assigned: Tensor, gt_labels: Tensor, gt_anchors: Tensor) -> dict[str, Tensor]:
+        """One layer's normal queries: cls (B, A, C), box (B, A, 11), assigned (B, A) GT index or -1;
+        every query is in the focal loss, matched confident ones in the box losses. A pure tensor
+        function (fixed shapes, no host syncs) so `compile_regions` can fuse it."""
+        s = self.loss_settings
+        matched = assigned >= 0
+        safe = assigned.clamp(min=0)
+        labels = torch.where(matched, torch.gather(gt_labels, 1, safe), torch.full_like(safe, self.num_classes))
+        targets = gather_rows(gt_anchors, safe).to(box.dtype)
+        num_pos = matched.sum().float()
+        out = {"loss_cls": sigmoid_focal_loss(cls.flatten(0, 1), labels.flatten(), gamma=s.gamma, alpha=s.alpha, normaliser=num_pos) * s.cls_loss_weight}
+        reg_mask = matched
+        if s.cls_threshold_to_reg > 0:
+            reg_mask = reg_mask & (cls.detach().max(dim=-1).values.sigmoid() > s.cls_threshold_to_reg)
+        out.update(self._box_losses(box, targets, labels, quality, num_pos, reg_mask, ""))
+        return out
+
+    def denoising_losses(self, cls: Tensor, box: Tensor, quality: Tensor | None, valid: Tensor, labels: Tensor, box_targets: Tensor) -> dict[str, Tensor]:
+        """One layer's denoising queries (B, G*M, ...): valid slots in the focal loss, positives in the box losses."""
+        s = self.loss_settings
+        pos = valid & (labels >= 0)
+        num_pos = pos.sum().float()
+        out = {"loss_cls": sigmoid_focal_loss(cls.flatten(0, 1), labels.flatten(), gamma=s.gamma, alpha=s.alpha, normaliser=num_pos, mask=valid.flatten())
+               * s.cls_loss_weight}
+        out.update(self._box_losses(box, box_targets.to(box.dtype), labels, quality, num_pos, pos, ""))
         return out
 
     def loss(self, out: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
         """Per decoder layer: matched-query losses (cls, box, cns, yns) and denoising losses (suffix _dn);
-        plus the depth loss; 'loss' is their sum."""
-        s = self.loss_settings
+        plus the depth loss; 'loss' is their sum. No host syncs besides the one matching copy."""
         device = out["prediction"][0].device
-        gt = self._targets(batch, device)
+        gt = out.get("targets") or self._targets(batch, device)
         a = self.head.instance_bank.num_anchor
-        match_w = torch.tensor(s.match_reg_weights, device=device)
+        assigned, gt_labels, gt_anchors = self._match_all_layers(out, gt)
         losses: dict[str, Tensor] = {}
         dn = out.get("dn")
         for layer, (cls, box, quality) in enumerate(zip(out["classification"], out["prediction"], out["quality"])):
-            b = cls.shape[0]
-            cls_n, box_n = cls[:, :a], box[:, :a]
-            labels = torch.full((b, a), self.num_classes, dtype=torch.int64, device=device)
-            targets = box_n.new_zeros(box_n.shape)
-            matched = torch.zeros(b, a, dtype=torch.bool, device=device)
-            for i in range(b):
-                rows, cols = hungarian_match(
-                    cls_n[i].detach(), box_n[i].detach(), gt["labels"][i], torch.nan_to_num(gt["anchors"][i], nan=0.0),
-                    alpha=s.alpha, gamma=s.gamma, cls_weight=s.match_cls_weight, box_weight=s.match_box_weight, reg_weights=match_w,
-                )
-                labels[i, rows] = gt["labels"][i][cols]
-                targets[i, rows] = gt["anchors"][i][cols]
-                matched[i, rows] = True
-            num_pos = matched.sum().float()
-            losses[f"loss_cls_{layer}"] = sigmoid_focal_loss(cls_n.flatten(0, 1), labels.flatten(), gamma=s.gamma, alpha=s.alpha, normaliser=num_pos) * s.cls_loss_weight
-            reg_mask = matched
-            if s.cls_threshold_to_reg > 0:
-                reg_mask = reg_mask & (cls_n.detach().max(dim=-1).values.sigmoid() > s.cls_threshold_to_reg)
-            q = None if quality is None else quality[:, :a][reg_mask]
-            losses.update(self._box_losses(box_n[reg_mask], targets[reg_mask], labels[reg_mask], q, num_pos, f"_{layer}"))
+            q = None if quality is None else quality[:, :a]
+            for name, value in self.query_losses(cls[:, :a], box[:, :a], q, assigned[layer], gt_labels, gt_anchors).items():
+                losses[f"{name}_{layer}"] = value
             if dn is not None and cls.shape[1] > a:
-                valid = dn.valid
-                dn_labels = dn.cls_targets
-                pos = valid & (dn_labels >= 0)
-                num_dn_pos = pos.sum().float()
-                cls_d = cls[:, a:]
-                losses[f"loss_cls_dn_{layer}"] = sigmoid_focal_loss(cls_d[valid], dn_labels[valid], gamma=s.gamma, alpha=s.alpha, normaliser=num_dn_pos) * s.cls_loss_weight
-                qd = None if quality is None else quality[:, a:][pos]
-                losses.update(self._box_losses(box[:, a:][pos], dn.box_targets[pos].to(box.dtype), dn_labels[pos], qd, num_dn_pos, f"_dn_{layer}"))
+                qd = None if quality is None else quality[:, a:]
+                for name, value in self.denoising_losses(cls[:, a:], box[:, a:], qd, dn.valid, dn.cls_targets, dn.box_targets).items():
+                    losses[f"{name}_dn_{layer}"] = value
         if "depths" in out and self.depth_branch is not None:
             losses["loss_depth"] = self.depth_branch.loss(out["depths"], batch["gt_depth"].to(device=device, dtype=torch.float32))
         losses["loss"] = torch.stack(list(losses.values())).sum()

@@ -93,3 +93,28 @@ def test_gaussian_focal_matches_formula() -> None:
     t = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
     expected = -math.log(0.2) * 0.8**2 - math.log(0.3) * 0.7**2 - math.log(0.9) * 0.1**2
     assert abs(float(gaussian_focal_loss(p, t, 2.0)) - expected / 2) < 1e-9
+
+
+def test_masked_losses_equal_the_losses_of_the_selected_rows() -> None:
+    """The sync-free masked form must give what the boolean-indexed selection gave."""
+    from sparse4d.model.losses import centerness_loss, sigmoid_focal_loss, weighted_l1, yawness_loss
+
+    g = torch.Generator().manual_seed(11)
+    logits, labels = torch.randn(40, 4, generator=g), torch.randint(-1, 5, (40,), generator=g)
+    pred, target = torch.randn(40, 11, generator=g), torch.randn(40, 11, generator=g)
+    pred[3] = float("inf")  # a non-finite unselected row must not leak into the sum
+    weights, quality = torch.rand(40, 11, generator=g), torch.randn(40, generator=g)
+    mask = torch.rand(40, generator=g) > 0.4
+    mask[3] = False
+    norm = torch.tensor(7.0)
+    kw = dict(gamma=2.0, alpha=0.25, normaliser=norm)
+    pairs = [
+        (sigmoid_focal_loss(logits, labels, mask=mask, **kw), sigmoid_focal_loss(logits[mask], labels[mask], **kw)),
+        (weighted_l1(pred, target, weights, norm, mask), weighted_l1(pred[mask], target[mask], weights[mask], norm)),
+        (centerness_loss(quality, pred, target, norm, mask), centerness_loss(quality[mask], pred[mask], target[mask], norm)),
+        (yawness_loss(quality, pred, target, norm, mask), yawness_loss(quality[mask], pred[mask], target[mask], norm)),
+    ]
+    for masked, selected in pairs:
+        assert torch.isfinite(masked) and torch.allclose(masked, selected, rtol=1e-5, atol=1e-6), (masked, selected)
+    empty = torch.zeros(40, dtype=torch.bool)
+    assert float(weighted_l1(pred, target, weights, norm, empty)) == 0.0
