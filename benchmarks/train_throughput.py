@@ -11,7 +11,7 @@ depth, loss incl. matching, optimizer; CUDA events), and the backbone+neck-only 
 batch measured in the same run.
 
     PYTHONPATH=. python benchmarks/train_throughput.py [--batch 2] [--steps 20] [--reference-aggregation]
-        [--no-channels-last] [--fp32] [--fused-adam] [--compile-backbone] [--json out.json]
+        [--no-channels-last] [--fp32] [--fused-adam] [--compile-backbone] [--compile-head] [--json out.json]
 """
 from __future__ import annotations
 
@@ -239,6 +239,8 @@ def main() -> int:
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     parser.add_argument("--fused-adam", action="store_true", help="AdamW(fused=True) instead of the trainer's optimizer")
     parser.add_argument("--compile-backbone", action="store_true", help="torch.compile the backbone+neck")
+    parser.add_argument("--compile-head", action="store_true", help="regional torch.compile of the head and losses (sparse4d.engine.compile); no time split")
+    parser.add_argument("--flops-tflop", type=float, default=0.0, help="FLOPs per step from an eager run (for MFU with --compile-head)")
     parser.add_argument("--skip-backbone-only", action="store_true")
     parser.add_argument("--profile", action="store_true", help="torch.profiler over 2 steps: GPU busy share, top ops")
     parser.add_argument("--json")
@@ -262,11 +264,16 @@ def main() -> int:
     else:
         optimizer = build_optimizer(model, train_cfg.optim)
     max_norm = float(train_cfg.optim.grad_clip.max_norm)
+    if args.compile_head:
+        from sparse4d.engine.compile import compile_regions
+
+        compile_regions(model)
     if args.compile_backbone:
         model.backbone = torch.compile(model.backbone)
         model.neck = torch.compile(model.neck)
     timeline = Timeline()
-    instrument(model, timeline)
+    if not args.compile_head:  # the timing hooks would be traced into the compiled regions
+        instrument(model, timeline)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if not args.fp32 else contextlib.nullcontext
     host_batches = [synthetic_batch(args.batch, args.num_gt, step) for step in range(4)]
 
@@ -313,10 +320,13 @@ def main() -> int:
     peak_gb = torch.cuda.max_memory_allocated() / 1e9
 
     from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
-    with counter:
-        train_step(1000)
-    step_flops = counter.get_total_flops()
+    if args.flops_tflop:  # compiled regions bypass the counter: reuse an eager run's count
+        step_flops = args.flops_tflop * 1e12
+    else:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            train_step(1000)
+        step_flops = counter.get_total_flops()
     syncs = count_syncs(lambda: train_step(1001))
     profile = profile_steps(lambda: train_step(1002), 2) if args.profile else None
 
@@ -367,7 +377,7 @@ def main() -> int:
         "gpu": name, "torch": torch.__version__, "batch": args.batch, "cameras": CAMERAS, "input": f"{WIDTH}x{HEIGHT}",
         "precision": "fp32" if args.fp32 else "bf16-autocast", "channels_last": not args.no_channels_last,
         "features_channels_last": feats_channels_last, "aggregation": "fused-triton" if fused else "grid_sample",
-        "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone, "num_gt": args.num_gt,
+        "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone, "compile_head": args.compile_head, "num_gt": args.num_gt,
         "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
         "images_per_s": round(args.batch * CAMERAS * 1000 / step_ms, 1),
         "step_tflop": round(step_flops / 1e12, 3),
