@@ -12,11 +12,25 @@ batch measured in the same run.
 
     PYTHONPATH=. python benchmarks/train_throughput.py [--batch 2] [--steps 20] [--reference-aggregation]
         [--no-channels-last] [--fp32] [--fused-adam] [--compile-backbone] [--compile-head] [--json out.json]
+
+`--data real` measures the trainer's own path instead of pinned synthetic tensors: synthetic AICity
+scenes at the default size (benchmarks/synthetic_scenes.py: 6 cameras, 1408x512, generated in
+parallel and converted to OVPKL once per --workdir) feed the trainer's Sparse4DDataModule loader with
+--workers processes (JPEG decode, depth read, augmentation and normalisation run in the workers), and
+each step is the trainer's: `build_model`, `Sparse4DLightning.training_step` under bf16 autocast,
+backward, its gradient clipping, optimizer and schedule. It reports samples/s, the time each step
+waits on the loader (blocked in next()), the loader's own rate with no model running, and whether
+the loader keeps up. Real scenes carry about 5 boxes per sample, not 128, so the head is lighter than
+in the synthetic-tensor mode.
+
+    PYTHONPATH=. python benchmarks/train_throughput.py --data real --batch 8 --workers 10 --steps 30 --json real.json
+    PYTHONPATH=. python benchmarks/train_throughput.py --data real --smoke     # CPU, tiny scenes, small config
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import statistics
@@ -244,7 +258,19 @@ def main() -> int:
     parser.add_argument("--skip-backbone-only", action="store_true")
     parser.add_argument("--profile", action="store_true", help="torch.profiler over 2 steps: GPU busy share, top ops")
     parser.add_argument("--json")
+    real = parser.add_argument_group("--data real (the trainer's loader over generated scenes)")
+    real.add_argument("--data", choices=("synthetic", "real"), default="synthetic",
+                      help="synthetic: pinned random tensors (default); real: generated scenes through the trainer's dataloader")
+    real.add_argument("--workdir", default="/tmp/sparse4d_train_throughput", help="where scenes are generated (reused when present)")
+    real.add_argument("--scenes", type=int, default=16, help="train scenes to generate (one process per scene)")
+    real.add_argument("--frames", type=int, default=24, help="frames per scene (one training sequence each)")
+    real.add_argument("--workers", type=int, default=10, help="dataloader worker processes")
+    real.add_argument("--loader-batches", type=int, default=40, help="batches of the loader-only rate measurement")
+    real.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    real.add_argument("--smoke", action="store_true", help="tiny: 2 cameras, 256x128, the small config, a few steps (runs on CPU)")
     args = parser.parse_args()
+    if args.data == "real":
+        return real_main(args)
     if not torch.cuda.is_available():
         print("needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -397,6 +423,186 @@ def main() -> int:
     print(f"\n{name}: {record['samples_per_s']} samples/s ({record['step_ms']} ms/step, batch {args.batch}), "
           f"MFU {record['mfu']}, peak {record['peak_memory_gb']} GB, backbone+neck-only {record['backbone_neck_only_step_ms']} ms "
           f"-> ratio {record['ratio_to_backbone_only']}, aggregation {record['aggregation']}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- --data real
+def real_data_steps(spec, *, steps: int, warmup: int, device: torch.device, bf16: bool = True,
+                    compile_head: bool = False) -> dict:
+    """Time the trainer's training step over the trainer's streaming loader (spec: a validated train spec).
+
+    The loop is Lightning's automatic optimisation without Lightning: training_step under autocast,
+    backward, the module's gradient clipping, optimizer and scheduler step. `data_wait` is the host
+    time blocked in next(loader); the first `warmup` steps (cuDNN autotuning, worker start) are not timed.
+    """
+    from sparse4d.engine.data_module import Sparse4DDataModule
+    from sparse4d.engine.lightning_module import Sparse4DLightning
+    from sparse4d.engine.runloop import move_batch
+    from sparse4d.engine.train import build_model
+
+    torch.backends.cudnn.benchmark = bool(spec.train.cudnn.benchmark)
+    started = time.perf_counter()
+    data = Sparse4DDataModule(spec.dataset, spec.model, seed=0, with_val=False)
+    data.setup("fit")
+    steps_per_epoch = len(data.train_sampler())
+    model = build_model(spec).to(device).train()
+    if compile_head:
+        from sparse4d.engine.compile import compile_regions
+
+        compile_regions(model)
+    module = Sparse4DLightning(model, spec.train.optim, total_steps=warmup + steps)
+    configured = module.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 and device.type == "cuda" else contextlib.nullcontext
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    model.reset_temporal_state()
+    batches = iter(data.train_dataloader())
+    waits: list[float] = []
+    samples = 0
+    timed_from = 0.0
+    first_step_s = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            timed_from = time.perf_counter()
+        before = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:  # the epoch ended: a new epoch, as the trainer would start
+            model.reset_temporal_state()
+            batches = iter(data.train_dataloader())
+            batch = next(batches)
+        waited = time.perf_counter() - before
+        batch = move_batch(batch, device)
+        with autocast():
+            loss = module.training_step(batch, step)
+        loss.backward()
+        module.configure_gradient_clipping(optimizer)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        if step == 0:
+            first_step_s = time.perf_counter() - started
+        if step >= warmup:
+            waits.append(waited)
+            samples += int(batch["img"].shape[0])
+    module.check_finite(warmup + steps - 1)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elapsed = time.perf_counter() - timed_from
+    peak_gb = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    boxes = [int(b.shape[0]) for b in batch["gt_bboxes_3d"]]
+    del batches, module, model, optimizer, scheduler
+    step_s = elapsed / max(steps, 1)
+    wait_ms = np.array(waits) * 1000
+    return {
+        "steps": steps, "warmup": warmup, "steps_per_epoch": steps_per_epoch, "startup_s": round(first_step_s, 2),
+        "step_ms": round(step_s * 1000, 2), "steps_per_s": round(1 / step_s, 4), "samples_per_s": round(samples / elapsed, 3),
+        "data_wait_ms_median": round(float(np.median(wait_ms)), 2), "data_wait_ms_mean": round(float(wait_ms.mean()), 2),
+        "data_wait_ms_p90": round(float(np.percentile(wait_ms, 90)), 2),
+        "data_wait_share": round(float(wait_ms.sum() / 1000 / elapsed), 4),
+        "peak_memory_gb": round(peak_gb, 2) if peak_gb is not None else None, "gt_boxes_last_batch": boxes,
+    }
+
+
+def loader_only_rate(spec, batches: int) -> dict:
+    """Samples/s of the trainer's train loader alone; the first 2 x workers batches (filled while the
+    workers start) are not timed."""
+    from sparse4d.engine.data_module import Sparse4DDataModule
+
+    data = Sparse4DDataModule(spec.dataset, spec.model, seed=0, with_val=False)
+    data.setup("fit")
+    loader = data.train_dataloader()
+    skip = 2 * max(int(spec.dataset.num_workers), 1)
+    batches = max(batches, skip + 5)
+    seen, samples, started = 0, 0, 0.0
+    while seen < batches:
+        for batch in loader:
+            seen += 1
+            if seen == skip:
+                started = time.perf_counter()
+            elif seen > skip:
+                samples += int(batch["img"].shape[0])
+            if seen >= batches:
+                break
+    elapsed = time.perf_counter() - started
+    return {"loader_batches_timed": seen - skip, "loader_only_samples_per_s": round(samples / elapsed, 3)}
+
+
+def keeps_up(step: dict, loader: dict) -> dict:
+    """The loader keeps up when steps barely wait on it and it alone is clearly faster than training."""
+    wait_ok = step["data_wait_ms_median"] <= 0.05 * step["step_ms"] and step["data_wait_share"] <= 0.05
+    rate_ok = loader["loader_only_samples_per_s"] >= 1.1 * step["samples_per_s"]
+    return {"loader_keeps_up": bool(wait_ok and rate_ok), "wait_ok": bool(wait_ok), "loader_rate_ok": bool(rate_ok),
+            "loader_headroom": round(loader["loader_only_samples_per_s"] / max(step["samples_per_s"], 1e-9), 2)}
+
+
+def real_main(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from accuracy_synthetic import spec_for
+    from synthetic_scenes import SceneSet, batch_bytes, read_manifest, shared_memory_workers, spec_paths, streaming_overrides
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA GPU here", file=sys.stderr)
+        return 2
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else ("cpu" if args.device == "auto" else args.device))
+    if args.smoke:
+        scenes = SceneSet(train_scenes=2, val_scenes=1, train_frames=8, val_frames=4, cameras=2, width=256, height=128, num_anchor=48)
+        steps, warmup, workers = min(args.steps, 4), min(args.warmup, 2), min(args.workers, 1)
+    else:
+        scenes = SceneSet(train_scenes=args.scenes, val_scenes=1, train_frames=args.frames, val_frames=args.frames, cameras=CAMERAS,
+                          width=WIDTH, height=HEIGHT, num_anchor=900)
+        steps, warmup, workers = args.steps, args.warmup, args.workers
+    workdir = Path(args.workdir)
+    started = time.perf_counter()
+    if read_manifest(workdir) is None or read_manifest(workdir).get("scenes") != dataclasses.asdict(scenes):
+        # A fresh process: its spawn pool then imports only synthetic_scenes, not this torch-heavy script.
+        here = Path(__file__).resolve().parent
+        command = [sys.executable, str(here / "synthetic_scenes.py"), "--workdir", str(workdir), "--train-scenes", str(scenes.train_scenes),
+                   "--val-scenes", str(scenes.val_scenes), "--train-frames", str(scenes.train_frames), "--val-frames", str(scenes.val_frames),
+                   "--cameras", str(scenes.cameras), "--size", f"{scenes.width}x{scenes.height}", "--num-anchor", str(scenes.num_anchor),
+                   "--seed", str(scenes.seed)]
+        subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(here.parent)})
+    manifest = read_manifest(workdir)
+    data_s = time.perf_counter() - started
+    workers, shm_warning = shared_memory_workers(workers, batch_bytes(scenes, args.batch))
+    if shm_warning:
+        print(f"warning: {shm_warning}", file=sys.stderr)
+    overrides = streaming_overrides(scenes, args.batch, workers)
+    if args.smoke:
+        from sparse4d.engine.small_config import small_overrides
+
+        overrides = {**small_overrides(width=scenes.width, height=scenes.height, cameras=scenes.cameras, num_anchor=scenes.num_anchor), **overrides}
+    overrides.update({"train.precision": "fp32" if args.fp32 or device.type == "cpu" else "bf16",
+                      "train.cudnn.benchmark": True, "train.cudnn.deterministic": False})
+    spec = spec_for("train", spec_paths(manifest), workdir / "throughput_spec", overrides)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    step = real_data_steps(spec, steps=steps, warmup=warmup, device=device, bf16=not args.fp32, compile_head=args.compile_head)
+    loader = loader_only_rate(spec, args.loader_batches if not args.smoke else 6)
+    verdict = keeps_up(step, loader)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    record = {
+        "data": "real", "device": name, "torch": torch.__version__, "batch": args.batch, "cameras": scenes.cameras,
+        "input": f"{scenes.width}x{scenes.height}", "model": "small config" if args.smoke else "default config (ResNet-101, 900 anchors)",
+        "precision": spec.train.precision, "workers": workers, "compile_head": args.compile_head,
+        "train_frames": manifest["frames"]["train"], "data_prep_s": round(data_s, 1), "data_timings_s": manifest["timings_s"],
+        **step, **loader, **verdict,
+    }
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(record, fh, indent=1)
+    print(json.dumps(record, indent=1))
+    print(f"\n{name}: real data, batch {args.batch}, {workers} workers: {record['samples_per_s']} samples/s "
+          f"({record['step_ms']} ms/step), data wait median {record['data_wait_ms_median']} ms "
+          f"({100 * record['data_wait_share']:.1f}% of the time), loader alone {record['loader_only_samples_per_s']} samples/s "
+          f"-> {'keeps up' if verdict['loader_keeps_up'] else 'does NOT keep up'}")
     return 0
 
 
