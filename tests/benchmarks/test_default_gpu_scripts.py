@@ -1,0 +1,87 @@
+"""Fast checks of the GPU benchmark scripts' planning logic and spec overrides (no training, no GPU)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import accuracy_default_gpu as acc  # noqa: E402
+from synthetic_scenes import SceneSet, shared_memory_workers  # noqa: E402
+
+
+def default_args(**changes) -> argparse.Namespace:
+    values = dict(smoke=False, seed=7, lr=3e-4, set=[], train_scenes=40, val_scenes=8, frames=40, val_frames=40, train_minutes=15.0)
+    values.update(changes)
+    return argparse.Namespace(**values)
+
+
+def manifest_for(tmp_path: Path) -> dict:
+    return {"root": str(tmp_path / "aicity"), "anchor": str(tmp_path / "anchor_init.npy"), "train": str(tmp_path / "train"),
+            "val": str(tmp_path / "val")}
+
+
+def test_default_overrides_make_valid_train_and_evaluate_specs(tmp_path):
+    args = default_args()
+    scenes = acc.scene_set(args)
+    overrides = {**acc.base_overrides(args, scenes, 8, 10), **acc.schedule_overrides(5, 1000)}
+    spec = acc.build_spec("train", manifest_for(tmp_path), tmp_path / "train_out", overrides)
+    assert spec.model.backbone.type == "resnet_101" and list(spec.model.input_shape) == [1408, 512]
+    assert spec.model.head.instance_bank.num_anchor == 900 and spec.train.precision == "bf16"
+    assert spec.train.num_epochs == 5 and spec.train.validation_interval == 5
+    assert spec.train.optim.lr_scheduler.warmup_iters == 100
+    assert spec.dataset.train_dataset.same_scene_in_batch is False and spec.dataset.train_dataset.sequences_split_num == 40
+    evaluate = acc.build_spec("evaluate", manifest_for(tmp_path), tmp_path / "eval_out",
+                              {**overrides, "evaluate.checkpoint": "x.pth", "evaluate.metrics": ["detection", "tracking"]})
+    assert evaluate.dataset.batch_size == 8
+
+
+def probe_result(step_ms: float, steps_per_epoch: int = 200) -> dict:
+    return {"step_ms": step_ms, "steps_per_epoch": steps_per_epoch, "startup_s": 30.0, "batch": 8, "workers": 10}
+
+
+def test_plan_fits_the_budget_and_scales_with_speed():
+    args, scenes = default_args(), acc.scene_set(default_args())
+    slow = acc.plan_epochs(args, scenes, probe_result(1000.0), spent_s=60.0)
+    fast = acc.plan_epochs(args, scenes, probe_result(500.0), spent_s=60.0)
+    assert fast["num_epochs"] > slow["num_epochs"] >= 1
+    for plan in (slow, fast):
+        assert plan["estimated_train_s"] <= plan["budget_s"]
+        assert plan["total_steps"] == plan["num_epochs"] * 200
+        assert 1 <= plan["warmup_iters"] <= 500
+
+
+def test_plan_keeps_one_epoch_when_the_budget_is_too_small():
+    args = default_args(train_minutes=1.0)
+    plan = acc.plan_epochs(args, acc.scene_set(args), probe_result(2000.0), spent_s=50.0)
+    assert plan["num_epochs"] == 1
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="no /dev/shm")
+@pytest.mark.parametrize("requested", [1, 4])
+def test_shared_memory_workers_never_raises_the_request(requested):
+    workers, warning = shared_memory_workers(requested, batch_bytes=1)
+    assert workers == requested and warning is None
+    huge, warning = shared_memory_workers(requested, batch_bytes=10 ** 15)
+    assert huge == 0 and "using 0 workers" in warning
+
+
+def test_scene_set_rejects_an_empty_val_split(tmp_path):
+    from synthetic_scenes import prepare_scenes
+
+    with pytest.raises(ValueError, match="val scene"):
+        prepare_scenes(tmp_path, SceneSet(1, 0, 4, 4, 2, 64, 32, 8))
+
+
+def test_loader_verdict_needs_both_low_wait_and_headroom():
+    from train_throughput import keeps_up
+
+    step = {"data_wait_ms_median": 1.0, "step_ms": 500.0, "data_wait_share": 0.01, "samples_per_s": 16.0}
+    assert keeps_up(step, {"loader_only_samples_per_s": 40.0})["loader_keeps_up"]
+    assert not keeps_up(step, {"loader_only_samples_per_s": 16.5})["loader_keeps_up"]
+    starved = {**step, "data_wait_ms_median": 200.0, "data_wait_share": 0.4}
+    assert not keeps_up(starved, {"loader_only_samples_per_s": 40.0})["loader_keeps_up"]
