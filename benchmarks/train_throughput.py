@@ -555,7 +555,8 @@ def real_main(args: argparse.Namespace) -> int:
         scenes = SceneSet(train_scenes=2, val_scenes=1, train_frames=8, val_frames=4, cameras=2, width=256, height=128, num_anchor=48)
         steps, warmup, workers = min(args.steps, 4), min(args.warmup, 2), min(args.workers, 1)
     else:
-        scenes = SceneSet(train_scenes=args.scenes, val_scenes=1, train_frames=args.frames, val_frames=args.frames, cameras=CAMERAS,
+        # one short val scene only because the converter layout wants a val split; it is not read here
+        scenes = SceneSet(train_scenes=args.scenes, val_scenes=1, train_frames=args.frames, val_frames=4, cameras=CAMERAS,
                           width=WIDTH, height=HEIGHT, num_anchor=900)
         steps, warmup, workers = args.steps, args.warmup, args.workers
     workdir = Path(args.workdir)
