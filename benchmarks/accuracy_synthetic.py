@@ -103,116 +103,6 @@ def tao_focal_loss() -> Iterator[None]:
         detector.sigmoid_focal_loss = ours
 
 
-def keep_carried_targets(row: Any, carried_ids: list[int], index_of: dict[int, int]) -> None:
-    """One layer and slot of a matching, (A,) GT index per query (-1 none), changed in place: carried
-    query j (j < T) whose previous-frame query was matched to object carried_ids[j] gets that object
-    back while it is annotated; the query the solver had given it takes j's former target (or none)."""
-    for j, g in enumerate(carried_ids):
-        m = index_of.get(g) if g >= 0 else None
-        if m is None:
-            continue
-        former = int(row[j])
-        for q in (row == m).nonzero().flatten().tolist():
-            row[q] = former if q != j else -1
-        row[j] = m
-
-
-@contextlib.contextmanager
-def track_consistent_matching() -> Iterator[None]:
-    """Benchmark-only training variant (MOTR-style): a carried instance keeps its object.
-
-    In every decoder layer after the merge, a carried query whose previous-frame query was matched to
-    annotated object g is matched to g again while g is annotated (`keep_carried_targets`). Without
-    it the solver may give each object to a fresh query every frame, and the model learns to score
-    carried instances as background, so no track id survives a frame (see the README's tracking
-    section). Works with the per-layer `hungarian_match` loss and the batched `_match_all_layers` one.
-    """
-    import torch
-
-    import sparse4d.model.instance_bank as bank_module
-    import sparse4d.model.sparse4d as detector
-
-    memory: dict[str, Any] = {"prev_ids": None, "prev_top": None, "top": None}
-    gather, next_state, loss = bank_module.gather_rows, bank_module.InstanceBank.next_state, detector.Sparse4D.loss
-    batched = hasattr(detector.Sparse4D, "_match_all_layers")
-    solve = detector.Sparse4D._match_all_layers if batched else detector.hungarian_match
-
-    def recording_next_state(self, *args, **kwargs):  # the carry's row choice: next_state's first gather index
-        seen: list[Any] = []
-
-        def spy(values, index):
-            seen.append(index)
-            return gather(values, index)
-
-        bank_module.gather_rows = spy
-        try:
-            state = next_state(self, *args, **kwargs)
-        finally:
-            bank_module.gather_rows = gather
-        if self.training:
-            memory["top"] = seen[0].detach()
-        return state
-
-    def adjust(row: Any, layer: int, slot: int) -> None:
-        carried = memory["carried"]
-        if layer >= memory["first_layer"] and carried is not None and not memory["first"][slot]:
-            keep_carried_targets(row, carried[slot], memory["index_of"][slot])
-        if layer == memory["layers"] - 1:
-            ids = memory["gt_ids"][slot].to(row.device)
-            final = torch.full_like(row, -1)
-            hit = row >= 0
-            final[hit] = ids[row[hit]] if ids.numel() else final[hit]
-            memory["final"][slot] = final
-
-    def per_layer_match(logits, boxes, gt_labels, gt_boxes, **kwargs):
-        rows, cols = solve(logits, boxes, gt_labels, gt_boxes, **kwargs)
-        layer, slot = divmod(memory["calls"], memory["batch"])
-        memory["calls"] += 1
-        row = torch.full((logits.shape[0],), -1, dtype=torch.int64, device=rows.device)
-        row[rows] = cols
-        adjust(row, layer, slot)
-        kept = (row >= 0).nonzero().flatten()
-        return kept, row[kept]
-
-    def batched_match(self, out, gt):
-        assigned, labels, anchors = solve(self, out, gt)
-        for layer in range(assigned.shape[0]):
-            for slot in range(assigned.shape[1]):
-                adjust(assigned[layer, slot], layer, slot)
-        return assigned, labels, anchors
-
-    def remembering_loss(self, out, batch):
-        b = int(batch["img"].shape[0])
-        given = batch.get("instance_ids")
-        gt_ids = [given[i].reshape(-1).long() if given is not None else torch.arange(len(batch["gt_labels_3d"][i]))
-                  for i in range(b)]
-        carried = None
-        if memory["prev_ids"] is not None and memory["prev_top"] is not None and memory["prev_ids"].shape[0] == b:
-            carried = torch.gather(memory["prev_ids"], 1, memory["prev_top"].to(memory["prev_ids"].device)).tolist()
-        memory.update(calls=0, batch=b, layers=len(out["classification"]), first_layer=self.head.num_single_frame_decoder,
-                      first=[bool(f) for f in batch["first_frame"].tolist()], gt_ids=gt_ids, carried=carried,
-                      index_of=[{int(g): m for m, g in enumerate(ids.tolist())} for ids in gt_ids], final=[None] * b)
-        losses = loss(self, out, batch)
-        memory["prev_ids"], memory["prev_top"] = torch.stack(memory["final"]), memory["top"]
-        return losses
-
-    bank_module.InstanceBank.next_state = recording_next_state
-    detector.Sparse4D.loss = remembering_loss
-    if batched:
-        detector.Sparse4D._match_all_layers = batched_match
-    else:
-        detector.hungarian_match = per_layer_match
-    try:
-        yield
-    finally:
-        bank_module.InstanceBank.next_state = next_state
-        detector.Sparse4D.loss = loss
-        if batched:
-            detector.Sparse4D._match_all_layers = solve
-        else:
-            detector.hungarian_match = solve
-
-
 @contextlib.contextmanager
 def id_transfer(radius: float = 1.0) -> Iterator[None]:
     """Benchmark-only inference variant: a confident new query takes the id of a weaker carried duplicate.
@@ -262,7 +152,7 @@ def id_transfer(radius: float = 1.0) -> Iterator[None]:
         bank_module.InstanceBank.assign_track_ids = assign
 
 
-TRACKING_VARIANTS = {"none": contextlib.nullcontext, "track-matching": track_consistent_matching, "id-transfer": id_transfer}
+TRACKING_VARIANTS = {"none": contextlib.nullcontext, "id-transfer": id_transfer}  # track matching is in the model now
 
 
 def confident_unmatched_per_frame(results: dict[str, list[dict]], gt: dict[str, list[dict]]) -> float:
@@ -337,7 +227,7 @@ def main() -> None:
     parser.add_argument("--val-frames", type=int, default=None,
                         help="frames per val scene (default: --frames); tracking needs >= 20 to mean much")
     parser.add_argument("--tracking-variant", choices=sorted(TRACKING_VARIANTS), default="none",
-                        help="benchmark-only: track-matching (training) or id-transfer (inference); see their docstrings")
+                        help="benchmark-only inference variant: id-transfer (see its docstring)")
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="evaluate this checkpoint of the same recipe instead of training (main run only)")
     parser.add_argument("--epochs", type=int, default=18)

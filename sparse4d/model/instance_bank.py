@@ -118,6 +118,18 @@ class InstanceBank(nn.Module):
         ids = torch.where(new, new_ids, ids)
         return ids, base + new.long().sum(dim=1)
 
+    def carry_index(self, state: InstanceBankState, confidence: Tensor, temporal_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """(ranking confidences, query indices), each (B, T): the instances `next_state` carries on."""
+        t = self.num_temp
+        a = self.num_anchor
+        if t > 0:
+            decayed = torch.maximum(state.confidences * self.confidence_decay, confidence[:, :t])
+            head = torch.where(temporal_mask[:, None], decayed, confidence[:, :t])
+            rank = torch.cat([head, confidence[:, t:a]], dim=1)
+        else:
+            rank = confidence[:, :a]
+        return rank.topk(t, dim=1)
+
     def next_state(
         self,
         state: InstanceBankState,
@@ -130,15 +142,8 @@ class InstanceBank(nn.Module):
         timestamp: Tensor,
     ) -> InstanceBankState:
         """Cache the T most confident instances (carried ones ranked by their decayed confidence)."""
-        t = self.num_temp
         a = self.num_anchor
-        if t > 0:
-            decayed = torch.maximum(state.confidences * self.confidence_decay, confidence[:, :t])
-            head = torch.where(temporal_mask[:, None], decayed, confidence[:, :t])
-            rank = torch.cat([head, confidence[:, t:a]], dim=1)
-        else:
-            rank = confidence[:, :a]
-        conf, top = rank.topk(t, dim=1)
+        conf, top = self.carry_index(state, confidence, temporal_mask)
         return InstanceBankState(
             features=gather_rows(feature[:, :a].detach(), top),
             anchors=gather_rows(anchor[:, :a].detach(), top),

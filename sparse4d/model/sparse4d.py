@@ -96,6 +96,9 @@ class Sparse4D(nn.Module):
         self.return_feature = return_feature
         self._state: InstanceBankState | None = None
         self._carried_dn: CarriedDenoising | None = None
+        # training only: which queries are carried to the next frame, and the GT instance id each was matched to
+        self._carry_index: Tensor | None = None
+        self._carried_targets: Tensor | None = None
         # loss constants live on the model's device: building them per step would be a host-to-device copy each
         self.register_buffer("_reg_weights", torch.tensor(losses.reg_weights, dtype=torch.float32), persistent=False)
         self.register_buffer("_match_reg_weights", torch.tensor(losses.match_reg_weights, dtype=torch.float32), persistent=False)
@@ -228,6 +231,8 @@ class Sparse4D(nn.Module):
         """Forget carried instances (and carried denoising groups): the next frame starts fresh."""
         self._state = None
         self._carried_dn = None
+        self._carry_index = None
+        self._carried_targets = None
 
     def initial_state(self, batch_size: int, device: torch.device | str = "cpu") -> InstanceBankState:
         bank = self.head.instance_bank
@@ -342,10 +347,15 @@ class Sparse4D(nn.Module):
         image_wh = batch["image_wh"].to(device=device, dtype=feats[0].dtype)
         head_out, decoded, new_state = self._run_frame(feats, projection_mat, image_wh, time_interval, first_frame, state, timestamp, **dn_kwargs)
         self._state = new_state.detach()
+        if self.training:
+            bank = self.head.instance_bank
+            confidence = head_out.classification[-1][:, : bank.num_anchor].detach().max(dim=-1).values.sigmoid()
+            self._carry_index = bank.carry_index(state, confidence, temporal_mask)[1]
         self._carried_dn = self.head.carry_dn(head_out) if self.training else None
 
         out: dict[str, Any] = {
             "targets": gt,
+            "temporal_mask": temporal_mask,
             "classification": head_out.classification,
             "prediction": head_out.prediction,
             "quality": head_out.quality,
@@ -448,6 +458,45 @@ class Sparse4D(nn.Module):
         out.update(self._box_losses(box, box_targets.to(box.dtype), labels, quality, num_pos, pos, ""))
         return out
 
+    def _keep_carried_targets(self, assigned: Tensor, ids: Tensor | None, temporal_mask: Tensor | None) -> Tensor:
+        """Track-consistent matching: a carried query keeps the object its previous-frame query was matched to.
+
+        In every layer after the merge, carried query j whose object is still annotated is assigned to it;
+        the query the solver had given that object takes j's former target. Upstream Sparse4D leaves this
+        to the solver; then it may hand each object to a fresh query every frame, the model learns to
+        score carried instances as background and no track ID survives a frame (AMOTA 0 on our synthetic
+        benchmark; see benchmarks/README.md, tracking). Only the targets change, never the queries.
+        """
+        carried = self._carried_targets
+        if carried is None or ids is None or temporal_mask is None or ids.shape[1] == 0 or carried.shape[0] != assigned.shape[1]:
+            return assigned
+        t = carried.shape[1]
+        a = assigned.shape[2]
+        hit = (carried[:, :, None] == ids[:, None, :]) & (carried[:, :, None] >= 0)  # (B, T, M)
+        want = torch.where(hit.any(dim=-1) & temporal_mask[:, None], hit.float().argmax(dim=-1), torch.full_like(carried, -1))
+        forced = want >= 0
+        own = torch.zeros(a, t, dtype=torch.bool, device=assigned.device)
+        own[:t] = torch.eye(t, dtype=torch.bool, device=assigned.device)
+        layers = []
+        for layer, row in enumerate(assigned):
+            if layer < self.head.num_single_frame_decoder:
+                layers.append(row)
+                continue
+            holds = (row[:, :, None] == want[:, None, :]) & forced[:, None, :] & ~own  # (B, A, T): q holds what j wants
+            row = torch.where(holds.any(dim=-1), torch.gather(row[:, :t], 1, holds.float().argmax(dim=-1)), row)
+            row = torch.cat([torch.where(forced, want, row[:, :t]), row[:, t:]], dim=1)
+            taken = ((row[:, :, None] == want[:, None, :]) & forced[:, None, :] & ~own).any(dim=-1)  # chains: no duplicates
+            layers.append(torch.where(taken, torch.full_like(row, -1), row))
+        return torch.stack(layers)
+
+    def _remember_carried_targets(self, final: Tensor, ids: Tensor | None) -> None:
+        """GT instance id (or -1) of each query carried to the next frame, from the last layer's matching."""
+        if self._carry_index is None or ids is None or ids.shape[1] == 0:
+            self._carried_targets = None
+            return
+        matched = torch.where(final >= 0, torch.gather(ids, 1, final.clamp(min=0)), torch.full_like(final, -1))
+        self._carried_targets = gather_rows(matched, self._carry_index)
+
     def loss(self, out: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
         """Per decoder layer: matched-query losses (cls, box, cns, yns) and denoising losses (suffix _dn);
         plus the depth loss; 'loss' is their sum. No host syncs besides the one matching copy."""
@@ -455,6 +504,9 @@ class Sparse4D(nn.Module):
         gt = out.get("targets") or self._targets(batch, device)
         a = self.head.instance_bank.num_anchor
         assigned, gt_labels, gt_anchors = self._match_all_layers(out, gt)
+        ids = pad_sequence(gt["ids"], batch_first=True, padding_value=-2) if gt["ids"] else None
+        assigned = self._keep_carried_targets(assigned, ids, out.get("temporal_mask"))
+        self._remember_carried_targets(assigned[-1], ids)
         losses: dict[str, Tensor] = {}
         dn = out.get("dn")
         for layer, (cls, box, quality) in enumerate(zip(out["classification"], out["prediction"], out["quality"])):
