@@ -121,6 +121,14 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: move(v) for k, v in batch.items()}
 
 
+def emit(record: dict, json_path: str | None) -> None:
+    """Print the record as JSON (and write it to json_path when given)."""
+    if json_path:
+        with open(json_path, "w") as fh:
+            json.dump(record, fh, indent=1)
+    print(json.dumps(record, indent=1))
+
+
 class Timeline:
     """CUDA events per named region, summed per step (regions may repeat within a step)."""
 
@@ -357,7 +365,6 @@ def main() -> int:
     profile = profile_steps(lambda: train_step(1002), 2) if args.profile else None
 
     median = {k: statistics.median(s.get(k, 0.0) for s in splits) for k in set().union(*splits)}
-    agg = median.get("aggregation_fwd", 0.0) + median.get("aggregation_bwd", 0.0)
     bb_fwd = median.get("backbone_fwd", 0.0) + median.get("neck_fwd", 0.0)
     bb_bwd = median.get("backward_total", 0.0) - median.get("head_bwd", 0.0)
     split = {
@@ -416,10 +423,7 @@ def main() -> int:
     }
     if profile:
         record["profile"] = profile
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(record, fh, indent=1)
-    print(json.dumps(record, indent=1))
+    emit(record, args.json)
     print(f"\n{name}: {record['samples_per_s']} samples/s ({record['step_ms']} ms/step, batch {args.batch}), "
           f"MFU {record['mfu']}, peak {record['peak_memory_gb']} GB, backbone+neck-only {record['backbone_neck_only_step_ms']} ms "
           f"-> ratio {record['ratio_to_backbone_only']}, aggregation {record['aggregation']}")
@@ -596,10 +600,7 @@ def real_main(args: argparse.Namespace) -> int:
         "train_frames": manifest["frames"]["train"], "data_prep_s": round(data_s, 1), "data_timings_s": manifest["timings_s"],
         **step, **loader, **verdict,
     }
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(record, fh, indent=1)
-    print(json.dumps(record, indent=1))
+    emit(record, args.json)
     print(f"\n{name}: real data, batch {args.batch}, {workers} workers: {record['samples_per_s']} samples/s "
           f"({record['step_ms']} ms/step), data wait median {record['data_wait_ms_median']} ms "
           f"({100 * record['data_wait_share']:.1f}% of the time), loader alone {record['loader_only_samples_per_s']} samples/s "

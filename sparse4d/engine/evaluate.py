@@ -17,14 +17,14 @@ from typing import Any
 import torch
 
 from sparse4d.engine.data_module import build_dataset, eval_loader
-from sparse4d.engine.devices import is_oom, oom_error
+from sparse4d.engine.action_status import action_status
 from sparse4d.engine.io import atomic_write_json
 from sparse4d.engine.model_loading import load_model_for_eval
 from sparse4d.engine.predictions import Annotations
 from sparse4d.engine.runloop import predict_loader
 from sparse4d.engine.scoring import kpis, read_results_file, score_results, tables, write_metrics
-from sparse4d.errors import DataError, Sparse4DError
-from sparse4d.jobs.status_file import FAILURE, STARTED, SUCCESS, StatusWriter, status_file_for
+from sparse4d.errors import DataError
+from sparse4d.jobs.status_file import SUCCESS
 
 LOG = logging.getLogger(__name__)
 RESULTS_NAME = "results_nusc.json"
@@ -45,17 +45,8 @@ def eval_device(num_gpus: int, gpu_ids: list[int]) -> torch.device:
 def run_evaluate(spec: Any) -> dict[str, float]:
     e = spec.evaluate
     results_dir = Path(e.results_dir or spec.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    status = StatusWriter(status_file_for(results_dir))
-    status.write(STARTED, "evaluate started")
-    try:
+    with action_status(results_dir, "evaluate started", oom_action="evaluate") as status:
         values = _evaluate(spec, results_dir)
-    except BaseException as exc:
-        error = oom_error(exc, "evaluate") if is_oom(exc) else exc
-        status.write(FAILURE, (str(error) if isinstance(error, Sparse4DError) else f"{type(exc).__name__}: {exc}")[:2000], verbosity="ERROR")
-        if error is not exc:
-            raise error from exc
-        raise
     status.write(SUCCESS, "evaluate finished", kpi=values)
     return values
 

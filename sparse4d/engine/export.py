@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sparse4d.errors import Sparse4DError
 
 LOG = logging.getLogger(__name__)
 
@@ -55,15 +54,13 @@ def run_export(spec: Any) -> Path:
     """Export per a validated ExportSpec; returns the written .onnx path."""
     from sparse4d.engine.deploy_model import load_sparse4d_checkpoint
     from sparse4d.engine.onnx_graph import check_export_fits, export_frame_graph
-    from sparse4d.jobs.status_file import FAILURE, STARTED, SUCCESS, StatusWriter, status_file_for
+    from sparse4d.engine.action_status import action_status
+    from sparse4d.jobs.status_file import SUCCESS
 
     e = spec.export
     target = onnx_target(spec)
     results_dir = Path(e.results_dir or spec.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    status = StatusWriter(status_file_for(results_dir))
-    status.write(STARTED, "export started")
-    try:
+    with action_status(results_dir, "export started") as status:
         started = time.monotonic()
         loaded = load_sparse4d_checkpoint(e.checkpoint, key="export.checkpoint", fallback_model_cfg=spec.model,
                                           fallback_classes=list(spec.dataset.classes))
@@ -72,9 +69,6 @@ def run_export(spec: Any) -> Path:
         device = export_device(bool(e.on_cpu), int(e.gpu_id))
         export_frame_graph(loaded.model, shape, loaded.classes, target, opset=int(e.opset_version), device=device, verbose=bool(e.verbose))
         smoke_run(target)
-    except BaseException as exc:
-        status.write(FAILURE, (str(exc) if isinstance(exc, Sparse4DError) else f"{type(exc).__name__}: {exc}")[:2000], verbosity="ERROR")
-        raise
     message = (f"exported {target} ({shape.num_cams} cameras, {shape.num_temp} temporal instances, {shape.width}x{shape.height}, "
                f"opset {e.opset_version}) in {time.monotonic() - started:.1f} s")
     print(message, flush=True)

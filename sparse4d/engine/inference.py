@@ -18,14 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from sparse4d.engine.data_module import build_dataset, eval_loader
-from sparse4d.engine.devices import is_oom, oom_error
+from sparse4d.engine.action_status import action_status
 from sparse4d.engine.evaluate import eval_device, results_document
 from sparse4d.engine.io import atomic_write_json
 from sparse4d.engine.model_loading import load_model_for_eval
 from sparse4d.engine.runloop import predict_loader
 from sparse4d.engine.visualize import write_frame_pictures
-from sparse4d.errors import Sparse4DError
-from sparse4d.jobs.status_file import FAILURE, STARTED, SUCCESS, StatusWriter, status_file_for
+from sparse4d.jobs.status_file import SUCCESS
 
 LOG = logging.getLogger(__name__)
 
@@ -81,17 +80,8 @@ def run_inference(spec: Any) -> Path:
 
         return run_onnx_inference(spec)
     results_dir = Path(i.results_dir or spec.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    status = StatusWriter(status_file_for(results_dir))
-    status.write(STARTED, "inference started")
-    try:
+    with action_status(results_dir, "inference started", oom_action="inference") as status:
         path, frames = _infer(spec, results_dir)
-    except BaseException as exc:
-        error = oom_error(exc, "inference") if is_oom(exc) else exc
-        status.write(FAILURE, (str(error) if isinstance(error, Sparse4DError) else f"{type(exc).__name__}: {exc}")[:2000], verbosity="ERROR")
-        if error is not exc:
-            raise error from exc
-        raise
     status.write(SUCCESS, f"inference finished: {frames} frames, results in {path.name}", kpi={"frames": frames})
     return path
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from sparse4d.engine.onnx_graph import ONNX_FORMAT, OUTPUT_NAMES, STATE_CARRY, STATE_INPUTS
-from sparse4d.errors import DataError, InputFileError, Sparse4DError, SpecError
+from sparse4d.errors import DataError, InputFileError, SpecError
 
 LOG = logging.getLogger(__name__)
 
@@ -116,18 +116,13 @@ def predict_onnx(runner: OnnxFrameRunner, loader: Any, classes: list[str], track
 
 def run_onnx_inference(spec: Any) -> Path:
     """`sparse4d inference` with `inference.checkpoint` = an exported .onnx; returns the results JSON path."""
-    from sparse4d.jobs.status_file import FAILURE, STARTED, SUCCESS, StatusWriter, status_file_for
+    from sparse4d.engine.action_status import action_status
+    from sparse4d.jobs.status_file import SUCCESS
 
     i = spec.inference
     results_dir = Path(i.results_dir or spec.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    status = StatusWriter(status_file_for(results_dir))
-    status.write(STARTED, "inference (ONNX Runtime) started")
-    try:
+    with action_status(results_dir, "inference (ONNX Runtime) started") as status:
         path, frames = _infer_onnx(spec, results_dir)
-    except BaseException as exc:
-        status.write(FAILURE, (str(exc) if isinstance(exc, Sparse4DError) else f"{type(exc).__name__}: {exc}")[:2000], verbosity="ERROR")
-        raise
     status.write(SUCCESS, f"inference finished: {frames} frames, results in {path.name}", kpi={"frames": frames})
     return path
 

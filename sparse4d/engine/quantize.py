@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sparse4d.errors import DataError, Sparse4DError, SpecError
+from sparse4d.errors import DataError, SpecError
 
 LOG = logging.getLogger(__name__)
 QUANTIZED_NAME = "quantized_model_torchao.pth"
@@ -222,18 +222,13 @@ def quantize_device(requested: str) -> torch.device:
 # ---------------------------------------------------------------------------- action
 def run_quantize(spec: Any) -> Path:
     """Quantize per a validated QuantizeSpec; returns the quantized checkpoint's path."""
-    from sparse4d.jobs.status_file import FAILURE, STARTED, SUCCESS, StatusWriter, status_file_for
+    from sparse4d.engine.action_status import action_status
+    from sparse4d.jobs.status_file import SUCCESS
 
     q = spec.quantize
     results_dir = Path(q.results_dir or spec.results_dir)
-    results_dir.mkdir(parents=True, exist_ok=True)
-    status = StatusWriter(status_file_for(results_dir))
-    status.write(STARTED, "quantize started")
-    try:
+    with action_status(results_dir, "quantize started") as status:
         report = _quantize(spec, results_dir)
-    except BaseException as exc:
-        status.write(FAILURE, (str(exc) if isinstance(exc, Sparse4DError) else f"{type(exc).__name__}: {exc}")[:2000], verbosity="ERROR")
-        raise
     kpi = {k: report[k] for k in ("size_before_bytes", "size_after_bytes", "compression", "mAP_before", "mAP_after") if report[k] is not None}
     status.write(SUCCESS, f"quantized {report['num_quantized']} layers: {report['compression']:.2f}x smaller", kpi=kpi)
     return results_dir / QUANTIZED_NAME

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from .instance_bank import gather_rows
-from .matching import UNASSIGNED, box_l1_cost, solve_assignments, to_device
+from .matching import box_l1_cost, solve_assignments, to_device
 
 
 @dataclass
