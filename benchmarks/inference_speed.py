@@ -4,7 +4,7 @@ One frame = 6 images of 1408x512 through ResNet-101 + FPN + the 6-layer temporal
 with the instance bank carried between frames (as in tracking). Timed over the whole frame (host
 to host, synchronised), not per kernel. Compared with the grid_sample aggregation in the same run.
 
-    PYTHONPATH=. python benchmarks/inference_speed.py [--frames 50] [--fp32] [--compile] [--json out.json]
+    PYTHONPATH=. python benchmarks/inference_speed.py [--frames 50] [--fp32] [--compile] [--cuda-graphs] [--json out.json]
 """
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ import time
 import torch
 
 from sparse4d.config.model import ModelConfig
+from sparse4d.model.decoder import to_detections
 from sparse4d.model.fused_aggregation import enable_fused_aggregation
+from sparse4d.model.graphed_stream import GraphedStream
 from sparse4d.model.sparse4d import Sparse4D
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -53,12 +55,26 @@ def frame_fps(model: Sparse4D, batches: list[dict], frames: int, warmup: int, au
     return frames / (time.perf_counter() - start)
 
 
+def stream_fps(model: Sparse4D, batches: list[dict], frames: int, warmup: int, autocast) -> tuple[float, int]:
+    """frames/s replaying each frame from a CUDA graph (GraphedStream), detections to the host as `predict`."""
+    stream = GraphedStream(model)
+    with torch.inference_mode(), autocast():
+        for i in range(warmup + frames):
+            if i == warmup:
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+            to_detections(stream(batches[i % len(batches)]))
+        torch.cuda.synchronize()
+    return frames / (time.perf_counter() - start), stream.num_graphs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--fp32", action="store_true")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(model.forward_frame)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="also time whole frames replayed from CUDA graphs (GraphedStream)")
     parser.add_argument("--json")
     args = parser.parse_args()
     if not torch.cuda.is_available():
@@ -81,6 +97,9 @@ def main() -> int:
     if enable_fused_aggregation():
         record["fps_fused"] = round(frames_per_second(model, batches, args.frames, args.warmup, autocast), 2)
         record["fps_fused_forward_frame"] = round(frame_fps(model, batches, args.frames, args.warmup, autocast, model.forward_frame), 2)
+        if args.cuda_graphs:
+            fps, graphs = stream_fps(model, batches, args.frames, args.warmup, autocast)
+            record["fps_fused_cuda_graph"], record["cuda_graphs_captured"] = round(fps, 2), graphs
         if args.compile:
             compiled = torch.compile(model.forward_frame, dynamic=False)
             started = time.perf_counter()

@@ -107,11 +107,26 @@ def _level_table(levels: list[Tensor], batch: int, cams: int) -> tuple[Tensor, l
         h, w = lvl.shape[2], lvl.shape[3]
         rows.append([offset_bytes // esize, h, w, pixel_base])
         pixel_base += batch * cams * h * w
-    # Pinned + non_blocking: a pageable host->device copy would stall the host until the GPU is idle.
-    table = torch.tensor(rows, dtype=torch.int64)
-    if levels[0].is_cuda:
-        table = table.pin_memory().to(levels[0].device, non_blocking=True)
-    return table, aligned, pixel_base
+    return _table_tensor(rows, levels[0].device), aligned, pixel_base
+
+
+def _table_tensor(rows: list[list[int]], device: torch.device) -> Tensor:
+    """The level table on `device` without stalling the host.
+
+    Eagerly: a pinned, non-blocking copy (a pageable one would wait for the GPU to go idle). While a
+    CUDA graph is being captured: fill kernels carrying the values as arguments, because a captured
+    copy would re-read, at every replay, a pinned host buffer that is freed right after capture.
+    The values depend only on the feature maps' addresses and shapes, which a graph holds fixed.
+    """
+    if device.type != "cuda":
+        return torch.tensor(rows, dtype=torch.int64, device=device)
+    if torch.cuda.is_current_stream_capturing():
+        table = torch.empty(len(rows), _META_COLUMNS, dtype=torch.int64, device=device)
+        for i, row in enumerate(rows):
+            for j, value in enumerate(row):
+                table[i, j].fill_(value)
+        return table
+    return torch.tensor(rows, dtype=torch.int64).pin_memory().to(device, non_blocking=True)
 
 
 def _next_pow2(x: int) -> int:

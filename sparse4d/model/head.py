@@ -10,8 +10,8 @@ from .anchor_encoder import AnchorEncoder
 from .attention import InstanceAttention
 from .blocks import AsymmetricFFN
 from .deformable import DeformableFeatureAggregation
-from .denoising import CarriedDenoising, DenoisingQueries, attention_mask, fit_group_size
-from .instance_bank import InstanceBank, InstanceBankState, move_by_velocity
+from .denoising import CarriedDenoising, DenoisingQueries, attention_mask
+from .instance_bank import InstanceBank, move_by_velocity
 from .refinement import BoxRefinement
 
 
@@ -89,17 +89,24 @@ class Sparse4DHead(nn.Module):
         image_wh: Tensor,
         time_interval: Tensor,
         temporal_mask: Tensor,
-        state: InstanceBankState,
+        prev_features: Tensor,
+        prev_anchors: Tensor,
         dn: DenoisingQueries | None = None,
         carried_dn: CarriedDenoising | None = None,
         carried_dn_targets: tuple[Tensor, Tensor] | None = None,
     ) -> HeadOutput:
+        """prev_features/prev_anchors: the instance bank state's carried instances (B, T, ...).
+
+        carried_dn (and its targets) must already have the current denoising group size. Every
+        branch here depends on which inputs are given and on shapes, never on tensor values, so one
+        call can be replayed from a CUDA graph (`graphed_head.GraphedHead`).
+        """
         b = projection_mat.shape[0]
         bank = self.instance_bank
         a = bank.num_anchor
         feature, anchor = bank.initial(b)
-        carried_anchor = move_by_velocity(state.anchors, time_interval)
-        carried_feature = state.features
+        carried_anchor = move_by_velocity(prev_anchors, time_interval)
+        carried_feature = prev_features
         if dn is not None:
             anchor = torch.cat([anchor, dn.anchors.to(anchor.dtype)], dim=1)
             feature = torch.cat([feature, feature.new_zeros(b, dn.num_queries, feature.shape[-1])], dim=1)
@@ -153,16 +160,11 @@ class Sparse4DHead(nn.Module):
         b = feature.shape[0]
         g, m = dn.num_groups, dn.group_size
         gt_groups = carried.features.shape[1]
+        if carried.features.shape[2] != m:
+            raise ValueError(f"carried denoising groups have {carried.features.shape[2]} slots, this frame's have {m}: resize them first")
         box_t, cls_t = targets
         moved = move_by_velocity(carried.anchors.flatten(1, 2), time_interval).reshape(carried.anchors.shape)
-        carried_vals = [
-            fit_group_size(carried.features.to(feature.dtype), m, 0.0),
-            fit_group_size(moved.to(anchor.dtype), m, 0.0),
-            fit_group_size(box_t, m, 0.0),
-            fit_group_size(cls_t, m, -1),
-            fit_group_size(carried.valid, m, False),
-            fit_group_size(carried.instance_ids, m, -1),
-        ]
+        carried_vals = [carried.features.to(feature.dtype), moved.to(anchor.dtype), box_t, cls_t, carried.valid, carried.instance_ids]
         current = [
             feature[:, a:].reshape(b, g, m, -1),
             anchor[:, a:].reshape(b, g, m, -1),

@@ -23,8 +23,9 @@ from .anchor_encoder import AnchorEncoder
 from .backbone import ResNet
 from .box_coding import encode_boxes
 from .decoder import decode_topk, to_detections
-from .denoising import CarriedDenoising, make_denoising_queries, retarget_carried
+from .denoising import CarriedDenoising, denoising_group_bucket, fit_group_size, make_denoising_queries, retarget_carried
 from .depth import DenseDepthNet
+from .graphed_head import GraphedHead
 from .grid_mask import GridMask
 from .head import HeadOutput, Sparse4DHead
 from .instance_bank import InstanceBank, InstanceBankState, gather_rows, load_anchors
@@ -99,6 +100,7 @@ class Sparse4D(nn.Module):
         # training only: which queries are carried to the next frame, and the GT instance id each was matched to
         self._carry_index: Tensor | None = None
         self._carried_targets: Tensor | None = None
+        self._graphed_head: GraphedHead | None = None
         # loss constants live on the model's device: building them per step would be a host-to-device copy each
         self.register_buffer("_reg_weights", torch.tensor(losses.reg_weights, dtype=torch.float32), persistent=False)
         self.register_buffer("_match_reg_weights", torch.tensor(losses.match_reg_weights, dtype=torch.float32), persistent=False)
@@ -242,6 +244,18 @@ class Sparse4D(nn.Module):
     def temporal_state(self) -> InstanceBankState | None:
         return self._state
 
+    def use_cuda_graphs(self, enabled: bool = True, max_graphs: int = 8) -> None:
+        """Replay the head's training forward/backward from CUDA graphs (`graphed_head.GraphedHead`).
+
+        Only training steps on CUDA use them; denoising groups are then padded to power-of-two sizes
+        so that few shapes occur. Results equal the eager head's up to floating-point reordering.
+        """
+        self._graphed_head = GraphedHead(self.head, max_graphs=max_graphs) if enabled else None
+
+    @property
+    def graphed_head(self) -> GraphedHead | None:
+        return self._graphed_head
+
     # ------------------------------------------------------------------ network
     def extract_features(self, img: Tensor) -> list[Tensor]:
         """(B, N, 3, H, W) -> per FPN level (B, N, C, h, w)."""
@@ -272,7 +286,10 @@ class Sparse4D(nn.Module):
         **dn_kwargs: Any,
     ) -> tuple[HeadOutput, dict[str, Tensor], InstanceBankState]:
         temporal_mask = state.valid & ~first_frame
-        head_out = self.head(feature_maps, projection_mat, image_wh, time_interval, temporal_mask, state, **dn_kwargs)
+        head = self.head
+        if self._graphed_head is not None and self.training and projection_mat.is_cuda:
+            head = self._graphed_head
+        head_out = head(feature_maps, projection_mat, image_wh, time_interval, temporal_mask, state.features, state.anchors, **dn_kwargs)
         bank = self.head.instance_bank
         a = bank.num_anchor
         cls = head_out.classification[-1][:, :a]
@@ -303,6 +320,24 @@ class Sparse4D(nn.Module):
         outputs["prediction"] = head_out.prediction[-1]
         return outputs, new_state
 
+    def _time_interval(self, state: InstanceBankState, first_frame: Tensor, timestamp: Tensor) -> tuple[Tensor, Tensor]:
+        """(temporal mask (B,), seconds since the slot's previous frame (B,), the default where unknown)."""
+        temporal_mask = state.valid & ~first_frame
+        dt = timestamp - state.timestamp
+        return temporal_mask, torch.where(temporal_mask & (dt > 0), dt, torch.full_like(dt, self.default_time_interval)).float()
+
+    def predict_frame(
+        self, img: Tensor, projection_mat: Tensor, image_wh: Tensor, timestamp: Tensor, first_frame: Tensor, state: InstanceBankState
+    ) -> tuple[dict[str, Tensor], InstanceBankState]:
+        """What `forward` computes for one frame in eval mode, as a pure function of tensors (state in,
+        state out; timestamp (B,) float64 seconds). `graphed_stream.GraphedStream` captures this."""
+        temporal_mask, time_interval = self._time_interval(state, first_frame, timestamp)
+        feats = self.extract_features(img)
+        _, decoded, new_state = self._run_frame(
+            feats, projection_mat.to(feats[0].dtype), image_wh.to(feats[0].dtype), time_interval, first_frame, state, timestamp
+        )
+        return decoded, new_state
+
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         """One streamed frame batch; uses and updates the internal temporal state."""
         img = batch["img"]
@@ -315,15 +350,16 @@ class Sparse4D(nn.Module):
             self._carried_dn = None
         first_frame = batch["first_frame"].to(device=device, dtype=torch.bool)
         timestamp = batch["timestamp"].to(device=device, dtype=torch.float64)
-        temporal_mask = state.valid & ~first_frame
-        dt = timestamp - state.timestamp
-        time_interval = torch.where(temporal_mask & (dt > 0), dt, torch.full_like(dt, self.default_time_interval)).float()
+        temporal_mask, time_interval = self._time_interval(state, first_frame, timestamp)
 
         dn_kwargs: dict[str, Any] = {}
         gt = None
         if self.training:
             gt = self._targets(batch, device)
             if self.denoising is not None and self.denoising.num_groups > 0:
+                slots = 0
+                if self._graphed_head is not None and device.type == "cuda":
+                    slots = denoising_group_bucket(max((len(x) for x in gt["labels"]), default=0), self.denoising.max_dn_gt)
                 dn = make_denoising_queries(
                     gt["anchors"],
                     gt["labels"],
@@ -333,12 +369,15 @@ class Sparse4D(nn.Module):
                     max_dn_gt=self.denoising.max_dn_gt,
                     add_neg_dn=self.denoising.add_neg_dn,
                     reg_weights=self._dn_reg_weights,
+                    slots_per_copy=slots,
                 )
                 dn_kwargs["dn"] = dn
                 carried = self._carried_dn
                 if dn is not None and carried is not None and carried.features.shape[0] == b:
-                    dn_kwargs["carried_dn"] = carried
-                    dn_kwargs["carried_dn_targets"] = retarget_carried(carried, gt["anchors"], gt["labels"], gt["ids"])
+                    box_t, cls_t = retarget_carried(carried, gt["anchors"], gt["labels"], gt["ids"])
+                    m = dn.group_size
+                    dn_kwargs["carried_dn"] = carried.resized(m)
+                    dn_kwargs["carried_dn_targets"] = (fit_group_size(box_t, m, 0.0), fit_group_size(cls_t, m, -1))
 
         if self.grid_mask is not None:
             img = self.grid_mask(img)
