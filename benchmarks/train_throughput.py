@@ -11,7 +11,7 @@ depth, loss incl. matching, optimizer; CUDA events), and the backbone+neck-only 
 batch measured in the same run.
 
     PYTHONPATH=. python benchmarks/train_throughput.py [--batch 2] [--steps 20] [--reference-aggregation]
-        [--no-channels-last] [--fp32] [--fused-adam] [--compile-backbone] [--compile-head] [--cuda-graphs] [--json out.json]
+        [--no-channels-last] [--fp32] [--fused-adam] [--compile-backbone] [--compile-head] [--json out.json]
 
 `--data real` measures the trainer's own path instead of pinned synthetic tensors: synthetic AICity
 scenes at the default size (benchmarks/synthetic_scenes.py: 6 cameras, 1408x512, generated in
@@ -262,8 +262,7 @@ def main() -> int:
     parser.add_argument("--fused-adam", action="store_true", help="AdamW(fused=True) instead of the trainer's optimizer")
     parser.add_argument("--compile-backbone", action="store_true", help="torch.compile the backbone+neck")
     parser.add_argument("--compile-head", action="store_true", help="regional torch.compile of the head and losses (sparse4d.engine.compile); no time split")
-    parser.add_argument("--cuda-graphs", action="store_true", help="replay the head's forward/backward from CUDA graphs (Sparse4D.use_cuda_graphs); no time split")
-    parser.add_argument("--flops-tflop", type=float, default=0.0, help="FLOPs per step from an eager run (for MFU with --compile-head / --cuda-graphs)")
+    parser.add_argument("--flops-tflop", type=float, default=0.0, help="FLOPs per step from an eager run (for MFU with --compile-head)")
     parser.add_argument("--skip-backbone-only", action="store_true")
     parser.add_argument("--profile", action="store_true", help="torch.profiler over 2 steps: GPU busy share, top ops")
     parser.add_argument("--json")
@@ -306,10 +305,8 @@ def main() -> int:
     if args.compile_backbone:
         model.backbone = torch.compile(model.backbone)
         model.neck = torch.compile(model.neck)
-    if args.cuda_graphs:
-        model.use_cuda_graphs()
     timeline = Timeline()
-    if not (args.compile_head or args.cuda_graphs):  # the timing hooks would be traced into compiled regions / graphs
+    if not args.compile_head:  # the timing hooks would be traced into the compiled regions
         instrument(model, timeline)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if not args.fp32 else contextlib.nullcontext
     host_batches = [synthetic_batch(args.batch, args.num_gt, step) for step in range(4)]
@@ -357,7 +354,7 @@ def main() -> int:
     peak_gb = torch.cuda.max_memory_allocated() / 1e9
 
     from torch.utils.flop_counter import FlopCounterMode
-    if args.flops_tflop:  # compiled regions and graph replays bypass the counter: reuse an eager run's count
+    if args.flops_tflop:  # compiled regions bypass the counter: reuse an eager run's count
         step_flops = args.flops_tflop * 1e12
     else:
         counter = FlopCounterMode(display=False)
@@ -413,8 +410,7 @@ def main() -> int:
         "gpu": name, "torch": torch.__version__, "batch": args.batch, "cameras": CAMERAS, "input": f"{WIDTH}x{HEIGHT}",
         "precision": "fp32" if args.fp32 else "bf16-autocast", "channels_last": not args.no_channels_last,
         "features_channels_last": feats_channels_last, "aggregation": "fused-triton" if fused else "grid_sample",
-        "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone, "compile_head": args.compile_head,
-        "cuda_graphs": args.cuda_graphs, "graphed_head_layouts": model.graphed_head.num_graphs if model.graphed_head else 0, "num_gt": args.num_gt,
+        "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone, "compile_head": args.compile_head, "num_gt": args.num_gt,
         "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
         "images_per_s": round(args.batch * CAMERAS * 1000 / step_ms, 1),
         "step_tflop": round(step_flops / 1e12, 3),
@@ -436,7 +432,7 @@ def main() -> int:
 
 # ---------------------------------------------------------------------------------------- --data real
 def real_data_steps(spec, *, steps: int, warmup: int, device: torch.device, bf16: bool = True,
-                    compile_head: bool = False, cuda_graphs: bool = False) -> dict:
+                    compile_head: bool = False) -> dict:
     """Time the trainer's training step over the trainer's streaming loader (spec: a validated train spec).
 
     The loop is Lightning's automatic optimisation without Lightning: training_step under autocast,
@@ -458,8 +454,6 @@ def real_data_steps(spec, *, steps: int, warmup: int, device: torch.device, bf16
         from sparse4d.engine.compile import compile_regions
 
         compile_regions(model)
-    if cuda_graphs:
-        model.use_cuda_graphs()
     module = Sparse4DLightning(model, spec.train.optim, total_steps=warmup + steps)
     configured = module.configure_optimizers()
     optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]["scheduler"]
@@ -595,15 +589,14 @@ def real_main(args: argparse.Namespace) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    step = real_data_steps(spec, steps=steps, warmup=warmup, device=device, bf16=not args.fp32, compile_head=args.compile_head,
-                           cuda_graphs=args.cuda_graphs)
+    step = real_data_steps(spec, steps=steps, warmup=warmup, device=device, bf16=not args.fp32, compile_head=args.compile_head)
     loader = loader_only_rate(spec, args.loader_batches if not args.smoke else 6)
     verdict = keeps_up(step, loader)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     record = {
         "data": "real", "device": name, "torch": torch.__version__, "batch": args.batch, "cameras": scenes.cameras,
         "input": f"{scenes.width}x{scenes.height}", "model": "small config" if args.smoke else "default config (ResNet-101, 900 anchors)",
-        "precision": spec.train.precision, "workers": workers, "compile_head": args.compile_head, "cuda_graphs": args.cuda_graphs,
+        "precision": spec.train.precision, "workers": workers, "compile_head": args.compile_head,
         "train_frames": manifest["frames"]["train"], "data_prep_s": round(data_s, 1), "data_timings_s": manifest["timings_s"],
         **step, **loader, **verdict,
     }

@@ -67,7 +67,8 @@ def _evaluate(spec: Any, results_dir: Path) -> dict[str, float]:
         model = load_model_for_eval(checkpoint, spec).to(device)
         batch_size = e.batch_size if e.batch_size > 0 else spec.dataset.batch_size
         loader = eval_loader(dataset, batch_size, spec.dataset.num_workers)
-        results = predict_loader(model, loader, dataset.classes, device=device, tracking_threshold=e.tracking.threshold)
+        results = predict_loader(model, loader, dataset.classes, device=device, tracking_threshold=e.tracking.threshold,
+                                 cuda_graphs=True)
         atomic_write_json(results_document(results, source=checkpoint), results_dir / RESULTS_NAME)
     unknown = [t for t in results if t not in annotations.gt]
     if unknown:

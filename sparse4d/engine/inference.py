@@ -94,7 +94,7 @@ def _infer(spec: Any, results_dir: Path) -> tuple[Path, int]:
     batch_size = i.batch_size if i.batch_size > 0 else spec.dataset.batch_size
     threshold = i.tracking.threshold if i.tracking.enabled else 1.01  # above any score: no track is started
     results = predict_loader(model, eval_loader(dataset, batch_size, spec.dataset.num_workers), dataset.classes,
-                             device=device, tracking_threshold=threshold)
+                             device=device, tracking_threshold=threshold, cuda_graphs=True)
     path = atomic_write_json(results_document(results, source=str(i.checkpoint)), results_dir / f"{i.jsonfile_prefix}.json")
     if i.output_nvschema:
         write_nvschema(results, results_dir / f"{i.jsonfile_prefix}_nvschema.jsonl", spec.visualize.vis_score_threshold)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from .instance_bank import gather_rows
 from .matching import box_l1_cost, solve_assignments, to_device
@@ -63,16 +64,6 @@ class CarriedDenoising:
         )
 
 
-def denoising_group_bucket(num_gt: int, max_dn_gt: int, smallest: int = 8) -> int:
-    """GT slots per denoising group rounded up to a power of two (at least `smallest`, at most
-    max_dn_gt), so a graphed head sees a handful of shapes instead of one per GT count. The extra
-    slots are invalid: no loss, and no query attends to them."""
-    bucket = smallest
-    while bucket < num_gt:
-        bucket *= 2
-    return min(bucket, max_dn_gt)
-
-
 def make_denoising_queries(
     gt_anchors: list[Tensor],
     gt_labels: list[Tensor],
@@ -84,26 +75,24 @@ def make_denoising_queries(
     add_neg_dn: bool,
     reg_weights: Tensor,
     generator: torch.Generator | None = None,
-    slots_per_copy: int = 0,
 ) -> DenoisingQueries | None:
     """Build the denoising queries of one frame, or None when no sample has a GT box.
 
     The noise is drawn on the CPU (from `generator` when given) and copied once; the assignment costs
     of every (sample, group) come back to the host in one copy: one host sync per frame.
-    `slots_per_copy` > the largest GT count pads every group with invalid slots (fixed shapes).
     """
     counts = [min(len(g), max_dn_gt) for g in gt_labels]
-    if max(counts, default=0) == 0:
+    num_gt = max(counts, default=0)
+    if num_gt == 0:
         return None
-    num_gt = max(max(counts), min(slots_per_copy, max_dn_gt))
     device = gt_anchors[0].device
     dtype = gt_anchors[0].dtype
     b = len(gt_anchors)
     per_copy = 2 if add_neg_dn else 1
     m = num_gt * per_copy
-    raw = _pad_gt(gt_anchors, num_gt, 0.0)  # (B, N, D), may hold NaN velocity
-    labels = _pad_gt(gt_labels, num_gt, -1)
-    ids = _pad_gt(gt_ids, num_gt, -1)
+    raw = pad_sequence([g[:max_dn_gt] for g in gt_anchors], batch_first=True)  # (B, N, D), may hold NaN velocity
+    labels = pad_sequence([g[:max_dn_gt] for g in gt_labels], batch_first=True, padding_value=-1)
+    ids = pad_sequence([g[:max_dn_gt] for g in gt_ids], batch_first=True, padding_value=-1)
     gt = torch.nan_to_num(raw, nan=0.0)
 
     noise = denoising_noise(b, num_groups, num_gt, noise_scale, add_neg_dn, generator)  # (B, G, M, D) on the CPU
@@ -134,16 +123,6 @@ def make_denoising_queries(
         num_groups=num_groups,
         group_size=m,
     )
-
-
-def _pad_gt(values: list[Tensor], size: int, fill: float | int) -> Tensor:
-    """Per-sample GT rows cut to `size` and padded with `fill` to (B, size, ...)."""
-    rows = [v[:size] for v in values]
-    template = rows[0]
-    out = template.new_full((len(rows), size, *template.shape[1:]), fill)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
 
 
 def denoising_noise(batch: int, groups: int, num_gt: int, noise_scale: list[float], add_neg_dn: bool, generator: torch.Generator | None) -> Tensor:
@@ -203,4 +182,4 @@ def fit_group_size(values: Tensor, size: int, fill: float | int | bool) -> Tenso
     return torch.cat([values, torch.full(pad_shape, fill, dtype=values.dtype, device=values.device)], dim=2)
 
 
-__all__ = ["DenoisingQueries", "CarriedDenoising", "denoising_group_bucket", "make_denoising_queries", "attention_mask", "retarget_carried", "fit_group_size"]
+__all__ = ["DenoisingQueries", "CarriedDenoising", "make_denoising_queries", "attention_mask", "retarget_carried", "fit_group_size"]

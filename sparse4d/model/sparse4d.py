@@ -23,9 +23,8 @@ from .anchor_encoder import AnchorEncoder
 from .backbone import ResNet
 from .box_coding import encode_boxes
 from .decoder import decode_topk, to_detections
-from .denoising import CarriedDenoising, denoising_group_bucket, fit_group_size, make_denoising_queries, retarget_carried
+from .denoising import CarriedDenoising, fit_group_size, make_denoising_queries, retarget_carried
 from .depth import DenseDepthNet
-from .graphed_head import GraphedHead
 from .grid_mask import GridMask
 from .head import HeadOutput, Sparse4DHead
 from .instance_bank import InstanceBank, InstanceBankState, gather_rows, load_anchors
@@ -100,7 +99,6 @@ class Sparse4D(nn.Module):
         # training only: which queries are carried to the next frame, and the GT instance id each was matched to
         self._carry_index: Tensor | None = None
         self._carried_targets: Tensor | None = None
-        self._graphed_head: GraphedHead | None = None
         # loss constants live on the model's device: building them per step would be a host-to-device copy each
         self.register_buffer("_reg_weights", torch.tensor(losses.reg_weights, dtype=torch.float32), persistent=False)
         self.register_buffer("_match_reg_weights", torch.tensor(losses.match_reg_weights, dtype=torch.float32), persistent=False)
@@ -244,18 +242,6 @@ class Sparse4D(nn.Module):
     def temporal_state(self) -> InstanceBankState | None:
         return self._state
 
-    def use_cuda_graphs(self, enabled: bool = True, max_graphs: int = 8) -> None:
-        """Replay the head's training forward/backward from CUDA graphs (`graphed_head.GraphedHead`).
-
-        Only training steps on CUDA use them; denoising groups are then padded to power-of-two sizes
-        so that few shapes occur. Results equal the eager head's up to floating-point reordering.
-        """
-        self._graphed_head = GraphedHead(self.head, max_graphs=max_graphs) if enabled else None
-
-    @property
-    def graphed_head(self) -> GraphedHead | None:
-        return self._graphed_head
-
     # ------------------------------------------------------------------ network
     def extract_features(self, img: Tensor) -> list[Tensor]:
         """(B, N, 3, H, W) -> per FPN level (B, N, C, h, w)."""
@@ -286,10 +272,7 @@ class Sparse4D(nn.Module):
         **dn_kwargs: Any,
     ) -> tuple[HeadOutput, dict[str, Tensor], InstanceBankState]:
         temporal_mask = state.valid & ~first_frame
-        head = self.head
-        if self._graphed_head is not None and self.training and projection_mat.is_cuda:
-            head = self._graphed_head
-        head_out = head(feature_maps, projection_mat, image_wh, time_interval, temporal_mask, state.features, state.anchors, **dn_kwargs)
+        head_out = self.head(feature_maps, projection_mat, image_wh, time_interval, temporal_mask, state.features, state.anchors, **dn_kwargs)
         bank = self.head.instance_bank
         a = bank.num_anchor
         cls = head_out.classification[-1][:, :a]
@@ -357,9 +340,6 @@ class Sparse4D(nn.Module):
         if self.training:
             gt = self._targets(batch, device)
             if self.denoising is not None and self.denoising.num_groups > 0:
-                slots = 0
-                if self._graphed_head is not None and device.type == "cuda":
-                    slots = denoising_group_bucket(max((len(x) for x in gt["labels"]), default=0), self.denoising.max_dn_gt)
                 dn = make_denoising_queries(
                     gt["anchors"],
                     gt["labels"],
@@ -369,7 +349,6 @@ class Sparse4D(nn.Module):
                     max_dn_gt=self.denoising.max_dn_gt,
                     add_neg_dn=self.denoising.add_neg_dn,
                     reg_weights=self._dn_reg_weights,
-                    slots_per_copy=slots,
                 )
                 dn_kwargs["dn"] = dn
                 carried = self._carried_dn
