@@ -99,7 +99,7 @@ class Sparse4DHead(nn.Module):
 
         carried_dn (and its targets) must already have the current denoising group size. Every
         branch here depends on which inputs are given and on shapes, never on tensor values, so one
-        call can be replayed from a CUDA graph (`graphed_head.GraphedHead`).
+        call can be captured in a CUDA graph (`graphed_stream.GraphedStream` captures whole frames).
         """
         b = projection_mat.shape[0]
         bank = self.instance_bank
