@@ -26,46 +26,43 @@ sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from train_throughput import CAMERAS, HEIGHT, NUM_CLASSES, WIDTH, scene_anchors, synthetic_batch, to_device  # noqa: E402
 
 
-def frames_per_second(model: Sparse4D, batches: list[dict], frames: int, warmup: int, autocast) -> float:
-    model.reset_temporal_state()
+def timed_frames(run_frame, frames: int, warmup: int, autocast) -> float:
+    """frames/s of run_frame(i) over `frames` calls after `warmup` untimed ones (synchronised wall clock)."""
     with torch.inference_mode(), autocast():
-        for i in range(warmup):
-            model.predict(batches[i % len(batches)])
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for i in range(frames):
-            model.predict(batches[i % len(batches)])  # returns host-side detections: includes the final sync
+        for i in range(warmup + frames):
+            if i == warmup:
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+            run_frame(i)
         torch.cuda.synchronize()
     return frames / (time.perf_counter() - start)
+
+
+def frames_per_second(model: Sparse4D, batches: list[dict], frames: int, warmup: int, autocast) -> float:
+    """frames/s through `predict` (returns host-side detections: includes the per-frame sync)."""
+    model.reset_temporal_state()
+    return timed_frames(lambda i: model.predict(batches[i % len(batches)]), frames, warmup, autocast)
 
 
 def frame_fps(model: Sparse4D, batches: list[dict], frames: int, warmup: int, autocast, step) -> float:
     """frames/s through `forward_frame` (the traceable export path), optionally compiled."""
     state = model.initial_state(1, batches[0]["img"].device)
     dt = torch.full((1,), model.default_time_interval, device=state.valid.device)
-    with torch.inference_mode(), autocast():
-        for i in range(warmup + frames):
-            if i == warmup:
-                torch.cuda.synchronize()
-                start = time.perf_counter()
-            b = batches[i % len(batches)]
-            out, state = step(b["img"], b["projection_mat"], b["image_wh"], dt, b["first_frame"] & (i == 0), state)
-            out["boxes_3d"].cpu()  # the detections reach the host every frame
-        torch.cuda.synchronize()
-    return frames / (time.perf_counter() - start)
+
+    def run_frame(i: int) -> None:
+        nonlocal state
+        b = batches[i % len(batches)]
+        out, state = step(b["img"], b["projection_mat"], b["image_wh"], dt, b["first_frame"] & (i == 0), state)
+        out["boxes_3d"].cpu()  # the detections reach the host every frame
+
+    return timed_frames(run_frame, frames, warmup, autocast)
 
 
 def stream_fps(model: Sparse4D, batches: list[dict], frames: int, warmup: int, autocast) -> tuple[float, int]:
     """frames/s replaying each frame from a CUDA graph (GraphedStream), detections to the host as `predict`."""
     stream = GraphedStream(model)
-    with torch.inference_mode(), autocast():
-        for i in range(warmup + frames):
-            if i == warmup:
-                torch.cuda.synchronize()
-                start = time.perf_counter()
-            to_detections(stream(batches[i % len(batches)]))
-        torch.cuda.synchronize()
-    return frames / (time.perf_counter() - start), stream.num_graphs
+    fps = timed_frames(lambda i: to_detections(stream(batches[i % len(batches)])), frames, warmup, autocast)
+    return fps, stream.num_graphs
 
 
 def main() -> int:

@@ -5,31 +5,19 @@ denoising groups); the GPU test compares replays with eager runs of the same wei
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
-from torch import nn
 
+from sparse4d.engine.runloop import move_batch
 from sparse4d.model.denoising import CarriedDenoising
 from sparse4d.model.sparse4d import Sparse4D
 
 from .model_helpers import random_anchors, small_config, synthetic_batch
 
 
-def _to(batch: dict, device: str) -> dict:
-    return {k: (v.to(device) if isinstance(v, torch.Tensor) else [x.to(device) for x in v] if isinstance(v, list) and v and isinstance(v[0], torch.Tensor) else v)
-            for k, v in batch.items()}
-
-
 def _model(seed: int = 0) -> Sparse4D:
     torch.manual_seed(seed)
-    model = Sparse4D.from_config(small_config(), num_classes=3, anchors=random_anchors(64))
-    for module in model.modules():  # dropout draws differ between a replay and an eager run
-        if isinstance(module, nn.Dropout):
-            module.p = 0.0
-        if isinstance(module, nn.MultiheadAttention):
-            module.dropout = 0.0
-    return model
+    return Sparse4D.from_config(small_config(), num_classes=3, anchors=random_anchors(64))
 
 
 def test_carried_denoising_resizes_with_background_padding() -> None:
@@ -65,7 +53,7 @@ def test_graphed_stream_predicts_like_the_eager_model() -> None:
     model.reset_temporal_state()
     with torch.no_grad():
         for frame in range(5):
-            batch = _to(synthetic_batch(2, first_frame=frame in (0, 3), timestamp=0.1 * frame, seed=frame), "cuda")
+            batch = move_batch(synthetic_batch(2, first_frame=frame in (0, 3), timestamp=0.1 * frame, seed=frame), torch.device("cuda"))
             eager = model(batch)["decoded"]
             replayed = stream(batch)
             for name, value in eager.items():
