@@ -25,6 +25,7 @@ import yaml
 
 from ..errors import Sparse4DError
 from ..jobs.backend import JobBackend
+from ..jobs.secrets import split_secrets
 from ..jobs.status_file import METRIC_ALIASES, latest_metric, read_events
 from ..jobs.store import DONE, FINISHED, SPEC_FILE, status_path
 from ..skill.checkpoints import parse_checkpoint, select_checkpoint
@@ -71,7 +72,8 @@ def launch_rung_job(backend: JobBackend, spec: Mapping[str, Any], *, name: str,
                     parent_job_id: str | None) -> tuple[str, bool]:
     """Create (or find again, by name) the rung's train job; returns (job_id, newly_created)."""
     existing = find_job_by_name(backend, name)
-    if existing is not None:
+    if existing is not None:  # a previous controller recorded it; it may have died before starting it
+        backend.launch(existing, split_secrets(spec)[1])
         return existing, False
     job_id, _ = backend.submit("train", spec, parent_job_id, name=name, force=True)
     return job_id, True

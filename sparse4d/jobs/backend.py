@@ -150,10 +150,14 @@ class JobBackend:
                                             make_record=make_record)
         if created and launch:
             self._launch(job_id, child_env)
+        elif launch:  # a duplicate whose launcher died after recording it: start it now (no-op otherwise)
+            self.launch(job_id, child_env)
         return job_id, created
 
     def launch(self, job_id: str, child_env: Mapping[str, str] | None = None) -> None:
-        """Start a Pending job created with ``launch=False``."""
+        """Start a Pending job that has no supervisor yet (created with ``launch=False``, or whose
+        launcher died before starting it). Two racing launches are safe: the supervisor that takes the
+        job lock first runs the trainer, the other finds the job no longer Pending and exits."""
         record = self.store.read(job_id)
         if record["status"] != PENDING or record.get("supervisor"):
             return

@@ -110,7 +110,7 @@ def run(jobdir: Path) -> int:
             ident = processes.identity(trainer.pid)
             store.update_locked(job_id, lambda r: {
                 **r, "status": RUNNING, "started_at": now_iso(), "trainer": ident,
-                "supervisor": r.get("supervisor") or processes.identity(os.getpid()),
+                "supervisor": processes.identity(os.getpid()),  # the one running the trainer, even after a racing launch
             })
 
         assert trainer.stdout is not None

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sparse4d.automl.promotion import check_checkpoint_file, rung_checkpoint, settle_rung_job
+from sparse4d.automl.promotion import check_checkpoint_file, launch_rung_job, rung_checkpoint, settle_rung_job
 from sparse4d.automl.study import Controller, StudyConfig, create_or_load_study, open_storage
 from sparse4d.config.loading import read_spec_file
 from sparse4d.jobs.backend import JobBackend
@@ -17,6 +17,17 @@ def _train(backend: JobBackend, epochs: int, resume: Path | None = None, parent:
     job = backend.create_job("train", spec, parent, force=True)
     assert backend.wait(job, timeout=60, poll=0.05)["status"] == "Done", backend.get_job_logs(job)
     return job
+
+
+def test_rung_job_recorded_by_a_dead_controller_is_started_once(tmp_path, fake_trainer_env):
+    backend = JobBackend(tmp_path / "jobs")
+    spec = {"train": {"num_epochs": 1}}
+    recorded, _ = backend.submit("train", spec, name="study-t0000-r0", force=True, launch=False)
+    backend.store.update(recorded, lambda r: {**r, "launch_requested": True})  # the controller died here
+    assert launch_rung_job(backend, spec, name="study-t0000-r0", parent_job_id=None) == (recorded, False)
+    assert backend.wait(recorded, timeout=60, poll=0.05)["status"] == "Done"
+    assert launch_rung_job(backend, spec, name="study-t0000-r0", parent_job_id=None) == (recorded, False)
+    assert len(fake_trainer_env.read_text().splitlines()) == 1
 
 
 @pytest.fixture

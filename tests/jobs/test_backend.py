@@ -131,6 +131,26 @@ def test_duplicate_launch_returns_existing_job(backend: JobBackend) -> None:
         backend.wait(job["id"], timeout=30, poll=0.05)
 
 
+def test_duplicate_launch_starts_a_job_whose_launcher_died(backend: JobBackend) -> None:
+    spec = {"fake": {"epochs": 1}}
+    job_id = backend.create_job("train", spec, launch=False)
+    backend.store.update(job_id, lambda r: {**r, "launch_requested": True})  # recorded, then the client died
+    assert backend.create_job("train", spec) == job_id
+    status = backend.wait(job_id, timeout=30, poll=0.05)
+    assert status["status"] == DONE and [h["status"] for h in status["history"]] == [PENDING, RUNNING, DONE]
+
+
+def test_racing_launches_run_the_trainer_once(backend: JobBackend) -> None:
+    job_id = backend.create_job("train", {"fake": {"epochs": 4, "sleep": 0.2}}, launch=False)
+    backend._launch(job_id, {})
+    backend._launch(job_id, {})  # two supervisors; the one that loses the lock must not be taken for the runner
+    status = backend.wait(job_id, timeout=30, poll=0.05)
+    assert status["status"] == DONE, status["reason"]
+    assert [h["status"] for h in status["history"]] == [PENDING, RUNNING, DONE]
+    log = backend.get_job_logs(job_id)
+    assert log.count("starting:") == 1 and "nothing to run" in log
+
+
 def test_failed_job_is_relaunched_as_a_new_job(backend: JobBackend) -> None:
     spec = {"fake": {"exit_code": 1}}
     first = backend.create_job("train", spec)
