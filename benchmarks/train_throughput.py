@@ -262,6 +262,8 @@ def main() -> int:
     parser.add_argument("--fused-adam", action="store_true", help="AdamW(fused=True) instead of the trainer's optimizer")
     parser.add_argument("--compile-backbone", action="store_true", help="torch.compile the backbone+neck")
     parser.add_argument("--compile-head", action="store_true", help="regional torch.compile of the head and losses (sparse4d.engine.compile); no time split")
+    parser.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"), default="default",
+                        help="torch.compile mode for --compile-head (reduce-overhead: CUDA graphs per region)")
     parser.add_argument("--flops-tflop", type=float, default=0.0, help="FLOPs per step from an eager run (for MFU with --compile-head)")
     parser.add_argument("--skip-backbone-only", action="store_true")
     parser.add_argument("--profile", action="store_true", help="torch.profiler over 2 steps: GPU busy share, top ops")
@@ -301,7 +303,7 @@ def main() -> int:
     if args.compile_head:
         from sparse4d.engine.compile import compile_regions
 
-        compile_regions(model)
+        compile_regions(model, None if args.compile_mode == "default" else args.compile_mode)
     if args.compile_backbone:
         model.backbone = torch.compile(model.backbone)
         model.neck = torch.compile(model.neck)
@@ -312,6 +314,8 @@ def main() -> int:
     host_batches = [synthetic_batch(args.batch, args.num_gt, step) for step in range(4)]
 
     def train_step(step: int) -> None:
+        if args.compile_head and args.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
         with timeline.region("data"):
             batch = to_device(host_batches[step % len(host_batches)], device)
             batch["first_frame"] = torch.full((args.batch,), step == 0, device=device)
@@ -410,7 +414,7 @@ def main() -> int:
         "gpu": name, "torch": torch.__version__, "batch": args.batch, "cameras": CAMERAS, "input": f"{WIDTH}x{HEIGHT}",
         "precision": "fp32" if args.fp32 else "bf16-autocast", "channels_last": not args.no_channels_last,
         "features_channels_last": feats_channels_last, "aggregation": "fused-triton" if fused else "grid_sample",
-        "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone, "compile_head": args.compile_head, "num_gt": args.num_gt,
+        "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone, "compile_head": args.compile_head, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
         "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
         "images_per_s": round(args.batch * CAMERAS * 1000 / step_ms, 1),
         "step_tflop": round(step_flops / 1e12, 3),

@@ -17,18 +17,19 @@ from torch import nn
 LOG = logging.getLogger(__name__)
 
 
-def compile_regions(model: nn.Module) -> int:
+def compile_regions(model: nn.Module, mode: str | None = None) -> int:
     """Compile the head's decoder modules, anchor encoder and loss functions of a `Sparse4D`; returns
     how many regions were wrapped. Shapes are static per config (denoising pads to a fixed query count
-    only when every sample has max_dn_gt boxes, so a few shape variants may compile)."""
+    only when every sample has max_dn_gt boxes, so a few shape variants may compile). `mode` is
+    torch.compile's (None: default; "reduce-overhead" also replays each region from CUDA graphs)."""
     regions = 0
     for layer in model.head.layers:
         if isinstance(layer, nn.Identity):
             continue
-        layer.compile()
+        layer.compile(mode=mode)
         regions += 1
-    model.head.anchor_encoder.compile()
-    model.query_losses = torch.compile(model.query_losses)
-    model.denoising_losses = torch.compile(model.denoising_losses)
+    model.head.anchor_encoder.compile(mode=mode)
+    model.query_losses = torch.compile(model.query_losses, mode=mode)
+    model.denoising_losses = torch.compile(model.denoising_losses, mode=mode)
     LOG.info("compiled %d head regions and the loss functions", regions + 1)
     return regions + 3

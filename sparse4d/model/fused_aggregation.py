@@ -13,8 +13,8 @@ serialises them. Here
   * one program per pixel sums its segment (grad_out x weight x coefficient) and writes that pixel's
     gradient once. Pixels nobody touched get zeros from the same write, so no memset is needed.
 
-Feature maps are read as channels-last (B, N, H, W, C) per level: a neck that runs channels_last
-hands them over without a copy; anything else is copied once per call.
+Each call first copies the levels into one flat channels-last (B, N, H, W, C) buffer, so the kernels
+address every level from one pointer by offsets that depend only on shapes (`_pack_levels`).
 
 This module imports on machines without CUDA or Triton; `enable_fused_aggregation()` then returns
 False and the grid_sample reference stays in use.
@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - depends on the installation
     tl = None
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_META_COLUMNS = 4  # per level: element offset from level 0, H, W, first pixel index in the grad buffer
+_META_COLUMNS = 4  # per level: element offset in the packed buffer, H, W, first pixel index in the grad buffer
 _OFFSET_ALIGN = 16  # elements; lets Triton use 16-byte loads along channels
 
 
@@ -84,39 +84,37 @@ def _kernel_applies(feature_maps: list[Tensor], points: Tensor, weights: Tensor)
 # Layout helpers (host side)
 
 
-def _channels_last(feat: Tensor) -> Tensor:
-    """(B, N, C, H, W) -> contiguous (B, N, H, W, C), a view when the map already is channels-last."""
-    return feat.permute(0, 1, 3, 4, 2).contiguous()
+def _pack_levels(feature_maps: tuple[Tensor, ...] | list[Tensor]) -> tuple[Tensor, Tensor, int]:
+    """All levels copied into one flat channels-last buffer (level after level, each (B, N, H, W, C) at a
+    16-element-aligned offset), its level table, and the pixel count of all levels.
 
-
-def _level_table(levels: list[Tensor], batch: int, cams: int) -> tuple[Tensor, list[Tensor], int]:
-    """Per-level metadata, relative to level 0's pointer so the kernel loops over levels at run time."""
-    esize = levels[0].element_size()
-    if levels[0].data_ptr() % (esize * _OFFSET_ALIGN) != 0:
-        levels = [levels[0].clone(), *levels[1:]]
-    base_ptr = levels[0].data_ptr()
-    aligned: list[Tensor] = []
+    The kernels see one base pointer and offsets that depend only on shapes. Offsets between separately
+    allocated maps would break whenever the maps are moved (CUDA-graph replays copy their inputs into
+    static buffers; compiled regions hand over their own outputs), and one copy per call costs about
+    0.1 ms per 100 MB of maps.
+    """
+    b, n, c = feature_maps[0].shape[:3]
     rows: list[list[int]] = []
-    pixel_base = 0
-    for lvl in levels:
-        offset_bytes = lvl.data_ptr() - base_ptr
-        if offset_bytes % (esize * _OFFSET_ALIGN) != 0:
-            lvl = lvl.clone()  # a fresh allocation is 512-byte aligned
-            offset_bytes = lvl.data_ptr() - base_ptr
-        aligned.append(lvl)
-        h, w = lvl.shape[2], lvl.shape[3]
-        rows.append([offset_bytes // esize, h, w, pixel_base])
-        pixel_base += batch * cams * h * w
-    return _table_tensor(rows, levels[0].device), aligned, pixel_base
+    offset = pixel_base = 0
+    for feat in feature_maps:
+        h, w = feat.shape[3], feat.shape[4]
+        rows.append([offset, h, w, pixel_base])
+        offset += -(-(b * n * h * w * c) // _OFFSET_ALIGN) * _OFFSET_ALIGN
+        pixel_base += b * n * h * w
+    packed = torch.empty(offset, device=feature_maps[0].device, dtype=feature_maps[0].dtype)
+    for (start, h, w, _), feat in zip(rows, feature_maps):
+        packed[start : start + b * n * h * w * c].view(b, n, h, w, c).copy_(feat.permute(0, 1, 3, 4, 2))
+    return packed, _table_tensor(rows, packed.device), pixel_base
 
 
+@torch.compiler.disable  # host-side table building: pinned copies and capture checks do not trace
 def _table_tensor(rows: list[list[int]], device: torch.device) -> Tensor:
     """The level table on `device` without stalling the host.
 
     Eagerly: a pinned, non-blocking copy (a pageable one would wait for the GPU to go idle). While a
     CUDA graph is being captured: fill kernels carrying the values as arguments, because a captured
     copy would re-read, at every replay, a pinned host buffer that is freed right after capture.
-    The values depend only on the feature maps' addresses and shapes, which a graph holds fixed.
+    The values depend only on the feature maps' shapes.
     """
     if device.type != "cuda":
         return torch.tensor(rows, dtype=torch.int64, device=device)
@@ -150,33 +148,33 @@ class _FusedAggregation(torch.autograd.Function):
         groups = weights.shape[-1]
         c = feature_maps[0].shape[2]
         cg = c // groups
-        levels = [_channels_last(f) for f in feature_maps]
-        table, levels, _ = _level_table(levels, b, n)
+        packed, table, _ = _pack_levels(feature_maps)
         points_c = points.contiguous()
         weights_c = weights.contiguous()
         out = torch.empty(b, q, c, device=points.device, dtype=feature_maps[0].dtype)
         block_g = _next_pow2(groups) if FORWARD_GROUPS_PER_PROGRAM <= 0 else _next_pow2(FORWARD_GROUPS_PER_PROGRAM)
         grid = (b * q, triton.cdiv(groups, block_g))
         _forward_kernel[grid](
-            levels[0], table, points_c, weights_c, out, q, n, num_levels,
+            packed, table, points_c, weights_c, out, q, n, num_levels,
             P=p, G=groups, CG=cg, BLOCK_P=_next_pow2(p), BLOCK_G=block_g, BLOCK_CG=_next_pow2(cg),
             num_warps=FORWARD_WARPS,
         )
-        ctx.save_for_backward(points_c, weights_c, *levels)
+        ctx.save_for_backward(points_c, weights_c, packed, table)
         ctx.shapes = [tuple(f.shape) for f in feature_maps]
+        ctx.total_pixels = sum(b * n * h * w for (_, _, _, h, w) in ctx.shapes)
         ctx.points_dtype = points.dtype
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        points, weights, *levels = ctx.saved_tensors
+        points, weights, packed, table = ctx.saved_tensors
         b, q, p, n, _ = points.shape
-        num_levels = len(levels)
+        num_levels = len(ctx.shapes)
         groups = weights.shape[-1]
-        c = levels[0].shape[-1]
+        c = ctx.shapes[0][2]
         cg = c // groups
         device = points.device
-        table, levels, total_pixels = _level_table(list(levels), b, n)
+        total_pixels = ctx.total_pixels
         grad_out = grad_out.contiguous()
         grad_points = torch.empty(points.shape, device=device, dtype=torch.float32)
         grad_weights = torch.empty(weights.shape, device=device, dtype=torch.float32)
@@ -185,7 +183,7 @@ class _FusedAggregation(torch.autograd.Function):
         keys = torch.empty(entries, device=device, dtype=key_dtype)
         coefs = torch.empty(entries, device=device, dtype=torch.float32)
         _query_backward_kernel[(b * q,)](
-            levels[0], table, points, weights, grad_out, grad_points, grad_weights, keys, coefs,
+            packed, table, points, weights, grad_out, grad_points, grad_weights, keys, coefs,
             q, n, num_levels, total_pixels,
             P=p, G=groups, CG=cg, BLOCK_P=_next_pow2(p), BLOCK_G=_next_pow2(groups), BLOCK_CG=_next_pow2(cg),
             num_warps=BACKWARD_WARPS,
@@ -194,7 +192,7 @@ class _FusedAggregation(torch.autograd.Function):
         # Key total_pixels marks corners outside every map; it sorts last and belongs to no pixel.
         bounds = torch.arange(total_pixels + 1, device=device, dtype=key_dtype)
         seg_start = torch.searchsorted(sorted_keys, bounds)
-        grad_buffer = torch.empty(total_pixels * c, device=device, dtype=levels[0].dtype)
+        grad_buffer = torch.empty(total_pixels * c, device=device, dtype=packed.dtype)
         _pixel_backward_kernel[(total_pixels,)](
             seg_start, order, coefs, weights, grad_out, grad_buffer, q, n, num_levels,
             P=p, G=groups, CG=cg, BLOCK_E=PIXEL_BLOCK_ENTRIES, BLOCK_G=_next_pow2(groups), BLOCK_CG=_next_pow2(cg),

@@ -190,7 +190,8 @@ class Sparse4DHead(nn.Module):
         return torch.cat([feature[:, :a], merged[0]], dim=1), torch.cat([anchor[:, :a], merged[1]], dim=1), new_dn
 
     def carry_dn(self, out: HeadOutput) -> CarriedDenoising | None:
-        """The first `num_temp_dn_groups` denoising groups of this frame, to continue next frame."""
+        """The first `num_temp_dn_groups` denoising groups of this frame, to continue next frame (copies:
+        the head's outputs may be CUDA-graph buffers that the next step overwrites)."""
         dn = out.dn
         if dn is None or self.num_temp_dn_groups <= 0 or not self.temporal:
             return None
@@ -199,9 +200,9 @@ class Sparse4DHead(nn.Module):
         b = out.instance_feature.shape[0]
         g, m, gt = dn.num_groups, dn.group_size, self.num_temp_dn_groups
         return CarriedDenoising(
-            features=out.instance_feature[:, a:].detach().reshape(b, g, m, -1)[:, :gt],
-            anchors=out.prediction[-1][:, a:].detach().reshape(b, g, m, -1)[:, :gt],
-            cls_targets=dn.cls_targets.reshape(b, g, m)[:, :gt],
-            valid=dn.valid.reshape(b, g, m)[:, :gt],
-            instance_ids=dn.instance_ids.reshape(b, g, m)[:, :gt],
+            features=out.instance_feature[:, a:].detach().reshape(b, g, m, -1)[:, :gt].clone(),
+            anchors=out.prediction[-1][:, a:].detach().reshape(b, g, m, -1)[:, :gt].clone(),
+            cls_targets=dn.cls_targets.reshape(b, g, m)[:, :gt].clone(),
+            valid=dn.valid.reshape(b, g, m)[:, :gt].clone(),
+            instance_ids=dn.instance_ids.reshape(b, g, m)[:, :gt].clone(),
         )

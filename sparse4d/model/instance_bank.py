@@ -54,6 +54,11 @@ class InstanceBankState:
     def detach(self) -> InstanceBankState:
         return InstanceBankState(*(t.detach() for t in self.as_tuple()))
 
+    def kept(self) -> InstanceBankState:
+        """A detached copy that owns its memory: the tensors a frame produced may live in CUDA-graph
+        output buffers (compiled regions with mode="reduce-overhead") that the next step overwrites."""
+        return InstanceBankState(*(t.detach().clone() for t in self.as_tuple()))
+
     @property
     def batch_size(self) -> int:
         return int(self.valid.shape[0])

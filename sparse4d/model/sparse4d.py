@@ -364,7 +364,7 @@ class Sparse4D(nn.Module):
         projection_mat = batch["projection_mat"].to(device=device, dtype=feats[0].dtype)
         image_wh = batch["image_wh"].to(device=device, dtype=feats[0].dtype)
         head_out, decoded, new_state = self._run_frame(feats, projection_mat, image_wh, time_interval, first_frame, state, timestamp, **dn_kwargs)
-        self._state = new_state.detach()
+        self._state = new_state.kept()
         if self.training:
             bank = self.head.instance_bank
             confidence = head_out.classification[-1][:, : bank.num_anchor].detach().max(dim=-1).values.sigmoid()
