@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from sparse4d.engine.checkpoint import load_checkpoint_file, state_dict_of
-from sparse4d.errors import DataError, Sparse4DError
+from sparse4d.errors import DataError
 
 LOG = logging.getLogger(__name__)
 QUANTIZED_MARKER = "quantized_model_torchao"

@@ -1,7 +1,6 @@
 """Sequences, first-frame flags, same-scene batches and disjoint DDP ranks."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest

@@ -1,7 +1,6 @@
 """Tiny synthetic AICity data, converted once per session, and tiny train/evaluate/inference specs."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
