@@ -5,7 +5,7 @@ mixed precision) with the trainer's LightningModule, batch 2 per GPU; ranks see 
 (Lightning's DistributedSampler). Run without --devices it runs 1 GPU then all GPUs as separate
 processes and prints the scaling factor.
 
-    PYTHONPATH=. python benchmarks/ddp_scaling.py [--steps 30] [--batch 2] [--compile-head] [--json out.json]
+    PYTHONPATH=. python benchmarks/ddp_scaling.py [--steps 30] [--batch 2] [--lr 1e-5] [--compile-head] [--json out.json]
 """
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ class SyntheticFrames(torch.utils.data.Dataset):
         return sample
 
 
-def run_one(devices: int, steps: int, warmup: int, batch: int, out_path: str, find_unused: bool, compile_head: bool = False) -> None:
+def run_one(devices: int, steps: int, warmup: int, batch: int, out_path: str, find_unused: bool, compile_head: bool = False,
+            lr: float | None = None) -> None:
     import pytorch_lightning as pl
 
     from sparse4d.config.model import ModelConfig
@@ -60,7 +61,10 @@ def run_one(devices: int, steps: int, warmup: int, batch: int, out_path: str, fi
         from sparse4d.engine.compile import compile_regions
 
         compile_regions(model)
-    module = Sparse4DLightning(model, TrainConfig().optim, total_steps=steps + warmup)
+    optim = TrainConfig().optim
+    if lr is not None:  # random tensors are not a learnable task: at the default lr a long run can diverge
+        optim = optim.model_copy(update={"lr": lr})
+    module = Sparse4DLightning(model, optim, total_steps=steps + warmup)
     total = (steps + warmup) * batch * devices
     loader = torch.utils.data.DataLoader(SyntheticFrames(total, 128), batch_size=batch, collate_fn=collate_sparse4d,
                                          num_workers=4, pin_memory=True, persistent_workers=True)
@@ -69,6 +73,7 @@ def run_one(devices: int, steps: int, warmup: int, batch: int, out_path: str, fi
         def __init__(self) -> None:
             self.start = None
             self.end = None
+            self.final_loss = None  # the last step's loss: the timed steps must have trained on finite values
 
         def on_train_batch_end(self, trainer, pl_module, outputs, b, batch_idx):
             if batch_idx == warmup - 1:
@@ -77,6 +82,7 @@ def run_one(devices: int, steps: int, warmup: int, batch: int, out_path: str, fi
             if batch_idx == warmup + steps - 1:
                 torch.cuda.synchronize()
                 self.end = time.perf_counter()
+                self.final_loss = float(outputs["loss"]) if isinstance(outputs, dict) and "loss" in outputs else None
 
     clock = Clock()
     from pytorch_lightning.strategies import DDPStrategy
@@ -87,8 +93,8 @@ def run_one(devices: int, steps: int, warmup: int, batch: int, out_path: str, fi
     trainer.fit(module, loader)
     if trainer.global_rank == 0:
         seconds = clock.end - clock.start
-        record = {"devices": devices, "find_unused_parameters": find_unused, "compile_head": compile_head, "batch_per_gpu": batch, "steps": steps, "seconds": seconds,
-                  "samples_per_s": steps * batch * devices / seconds, "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9}
+        record = {"devices": devices, "lr": float(optim.lr), "find_unused_parameters": find_unused, "compile_head": compile_head, "batch_per_gpu": batch, "steps": steps, "seconds": seconds,
+                  "samples_per_s": steps * batch * devices / seconds, "final_loss": clock.final_loss, "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9}
         with open(out_path, "w") as fh:
             json.dump(record, fh)
 
@@ -101,11 +107,12 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--find-unused", action="store_true", help="DDP find_unused_parameters=True")
     parser.add_argument("--compile-head", action="store_true", help="regional torch.compile of the head and losses")
+    parser.add_argument("--lr", type=float, help="learning rate (default: the trainer's)")
     parser.add_argument("--out", help="(internal) result file of one run")
     parser.add_argument("--json")
     args = parser.parse_args()
     if args.devices:
-        run_one(args.devices, args.steps, args.warmup, args.batch, args.out, args.find_unused, args.compile_head)
+        run_one(args.devices, args.steps, args.warmup, args.batch, args.out, args.find_unused, args.compile_head, args.lr)
         return 0
     gpus = torch.cuda.device_count()
     if gpus < 2:
@@ -116,7 +123,7 @@ def main() -> int:
         for devices in (1, gpus):
             out = os.path.join(tmp, f"{devices}.json")
             cmd = [sys.executable, __file__, "--devices", str(devices), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                   "--batch", str(args.batch), "--out", out] + (["--find-unused"] if args.find_unused else []) + (["--compile-head"] if args.compile_head else [])
+                   "--batch", str(args.batch), "--out", out] + (["--find-unused"] if args.find_unused else []) + (["--compile-head"] if args.compile_head else []) + (["--lr", str(args.lr)] if args.lr else [])
             subprocess.run(cmd, check=True)
             with open(out) as fh:
                 results[devices] = json.load(fh)

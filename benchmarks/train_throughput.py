@@ -11,7 +11,7 @@ depth, loss incl. matching, optimizer; CUDA events), and the backbone+neck-only 
 batch measured in the same run.
 
     PYTHONPATH=. python benchmarks/train_throughput.py [--batch 2] [--steps 20] [--reference-aggregation]
-        [--no-channels-last] [--fp32] [--fused-adam] [--compile-backbone] [--compile-head] [--json out.json]
+        [--no-channels-last] [--fp32] [--fused-adam] [--compile-backbone] [--compile-head [--compile-mode reduce-overhead]] [--json out.json]
 
 `--data real` measures the trainer's own path instead of pinned synthetic tensors: synthetic AICity
 scenes at the default size (benchmarks/synthetic_scenes.py: 6 cameras, 1408x512, generated in
