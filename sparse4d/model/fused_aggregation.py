@@ -90,8 +90,8 @@ def _pack_levels(feature_maps: tuple[Tensor, ...] | list[Tensor]) -> tuple[Tenso
 
     The kernels see one base pointer and offsets that depend only on shapes. Offsets between separately
     allocated maps would break whenever the maps are moved (CUDA-graph replays copy their inputs into
-    static buffers; compiled regions hand over their own outputs), and one copy per call costs about
-    0.1 ms per 100 MB of maps.
+    static buffers; compiled regions hand over their own outputs). The copy costs about 0.2 ms per 100 MB
+    of maps on an H100 (0.7 ms at batch 2 of the default config).
     """
     b, n, c = feature_maps[0].shape[:3]
     rows: list[list[int]] = []
