@@ -148,7 +148,7 @@ class _FusedAggregation(torch.autograd.Function):
         groups = weights.shape[-1]
         c = feature_maps[0].shape[2]
         cg = c // groups
-        packed, table, _ = _pack_levels(feature_maps)
+        packed, table, ctx.total_pixels = _pack_levels(feature_maps)
         points_c = points.contiguous()
         weights_c = weights.contiguous()
         out = torch.empty(b, q, c, device=points.device, dtype=feature_maps[0].dtype)
@@ -161,7 +161,6 @@ class _FusedAggregation(torch.autograd.Function):
         )
         ctx.save_for_backward(points_c, weights_c, packed, table)
         ctx.shapes = [tuple(f.shape) for f in feature_maps]
-        ctx.total_pixels = sum(b * n * h * w for (_, _, _, h, w) in ctx.shapes)
         ctx.points_dtype = points.dtype
         return out
 

@@ -51,9 +51,6 @@ class InstanceBankState:
     def from_tuple(values: tuple[Tensor, ...] | list[Tensor]) -> InstanceBankState:
         return InstanceBankState(*values)
 
-    def detach(self) -> InstanceBankState:
-        return InstanceBankState(*(t.detach() for t in self.as_tuple()))
-
     def kept(self) -> InstanceBankState:
         """A detached copy that owns its memory: the tensors a frame produced may live in CUDA-graph
         output buffers (compiled regions with mode="reduce-overhead") that the next step overwrites."""
