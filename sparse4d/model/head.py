@@ -24,6 +24,9 @@ class HeadOutput:
     quality: list[Tensor | None] = field(default_factory=list)  # (B, L, 2) logits
     instance_feature: Tensor | None = None  # (B, L, C) after the last layer
     dn: DenoisingQueries | None = None  # targets, updated for carried groups
+    # per layer, the denoising targets its predictions answer to: the frame's own groups up to the
+    # merge of carried instances, the groups with last frame's carried ones after it (upstream's temp_dn targets)
+    layer_dn: list[DenoisingQueries | None] = field(default_factory=list)
 
 
 class Sparse4DHead(nn.Module):
@@ -133,6 +136,7 @@ class Sparse4DHead(nn.Module):
                 out.prediction.append(anchor)
                 out.classification.append(cls)
                 out.quality.append(quality)
+                out.layer_dn.append(out.dn)
                 if len(out.prediction) == self.num_single_frame_decoder and self.temporal:
                     feature, anchor = bank.merge_carried(feature, anchor, cls, carried_feature, carried_anchor, temporal_mask)
                     if dn is not None and carried_dn is not None and carried_dn_targets is not None:

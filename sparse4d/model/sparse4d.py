@@ -378,6 +378,7 @@ class Sparse4D(nn.Module):
             "prediction": head_out.prediction,
             "quality": head_out.quality,
             "dn": head_out.dn,
+            "layer_dn": head_out.layer_dn,
             "decoded": decoded,
             "track_ids": decoded["track_ids"],
         }
@@ -526,8 +527,8 @@ class Sparse4D(nn.Module):
         assigned = self._keep_carried_targets(assigned, ids, out.get("temporal_mask"))
         self._remember_carried_targets(assigned[-1], ids)
         losses: dict[str, Tensor] = {}
-        dn = out.get("dn")
-        for layer, (cls, box, quality) in enumerate(zip(out["classification"], out["prediction"], out["quality"])):
+        layer_dn = out.get("layer_dn") or [out.get("dn")] * len(out["prediction"])
+        for layer, (cls, box, quality, dn) in enumerate(zip(out["classification"], out["prediction"], out["quality"], layer_dn)):
             q = None if quality is None else quality[:, :a]
             for name, value in self.query_losses(cls[:, :a], box[:, :a], q, assigned[layer], gt_labels, gt_anchors).items():
                 losses[f"{name}_{layer}"] = value
