@@ -1,15 +1,21 @@
 """Box refinement: residual update of the anchor, class logits and quality (centerness, yawness)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sparse4d.batch import ANCHOR_COS, ANCHOR_DIMS, ANCHOR_SIN, ANCHOR_VX
+from sparse4d.batch import ANCHOR_COS, ANCHOR_DIMS, ANCHOR_H, ANCHOR_SIN, ANCHOR_VX, ANCHOR_W
 
 from .blocks import linear_relu_ln
 
 QUALITY_CNS, QUALITY_YNS = 0, 1
+# Refined log sizes stay within 1 cm .. 100 m. Carried denoising negatives (and carried queries whose
+# object left) have no box loss, yet are refined again every frame: their sizes random-walk, and the
+# key points' exp() of an unbounded log size overflowed (NaN loss) a few dozen frames into training.
+LOG_SIZE_MIN, LOG_SIZE_MAX = math.log(0.01), math.log(100.0)
 
 
 class Scale(nn.Module):
@@ -50,11 +56,12 @@ class BoxRefinement(nn.Module):
         feature = instance_feature + anchor_embed
         delta = self.layers(feature)
         refined = delta[..., : self.refine_dims] + anchor[..., : self.refine_dims]
+        size = refined[..., ANCHOR_W : ANCHOR_H + 1].clamp(LOG_SIZE_MIN, LOG_SIZE_MAX)
         if self.refine_dims == 8:
             yaw = F.normalize(refined[..., ANCHOR_SIN : ANCHOR_COS + 1], dim=-1)
-            refined = torch.cat([refined[..., :ANCHOR_SIN], yaw], dim=-1)
         else:
-            refined = torch.cat([refined, anchor[..., ANCHOR_SIN : ANCHOR_COS + 1]], dim=-1)
+            yaw = anchor[..., ANCHOR_SIN : ANCHOR_COS + 1]
+        refined = torch.cat([refined[..., :ANCHOR_W], size, yaw], dim=-1)
         velocity = delta[..., ANCHOR_VX:] / time_interval[:, None, None].to(delta.dtype) + anchor[..., ANCHOR_VX:]
         out_anchor = torch.cat([refined, velocity], dim=-1)
         cls = self.cls_layers(instance_feature)

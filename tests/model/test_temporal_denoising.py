@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from sparse4d.model.refinement import BoxRefinement
+from sparse4d.model.keypoints import KeyPointsGenerator
+from sparse4d.model.refinement import LOG_SIZE_MAX, LOG_SIZE_MIN, BoxRefinement
 from sparse4d.model.sparse4d import Sparse4D
 
 from .model_helpers import random_anchors, small_config, synthetic_batch
@@ -78,3 +79,23 @@ def test_carried_denoising_groups_do_not_run_away_at_30_fps(anchor_file: str) ->
         optimizer.zero_grad()
         speeds.append(float(model._carried_dn.anchors[..., 8:10].norm(dim=-1).mean()))
     assert max(speeds) < 3.0, speeds
+
+
+def test_refined_sizes_stay_finite_when_refined_frame_after_frame() -> None:
+    """Carried negatives have no box loss; refined every frame their log sizes drifted past exp()'s range."""
+    torch.manual_seed(0)
+    refine = BoxRefinement(64, num_classes=3)
+    keypoints = KeyPointsGenerator(64, [[0.0, 0.0, 0.0], [0.45, 0.0, 0.0]], num_learnable_pts=2)
+    with torch.no_grad():
+        refine.layers[-2].bias[3:6] = 10.0  # every refinement grows each side e^10-fold
+    anchor = torch.zeros(1, 4, 11)
+    anchor[..., 7] = 1.0
+    feature = torch.randn(1, 4, 64)
+    for _ in range(12):
+        anchor, _, _ = refine(feature, anchor, torch.zeros(1, 4, 64), torch.full((1,), 1 / 30))
+    assert torch.allclose(anchor[..., 3:6], torch.full_like(anchor[..., 3:6], LOG_SIZE_MAX))
+    assert torch.isfinite(keypoints(anchor, feature)).all()
+    with torch.no_grad():
+        refine.layers[-2].bias[3:6] = -10.0
+    shrunk, _, _ = refine(feature, anchor, torch.zeros(1, 4, 64), torch.full((1,), 1 / 30))
+    assert float(shrunk[..., 3:6].min()) >= LOG_SIZE_MIN - 1e-5
