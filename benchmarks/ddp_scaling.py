@@ -77,7 +77,7 @@ def run_one(devices: int, steps: int, warmup: int, batch: int, out_path: str, fi
 
         compile_regions(model)
     optim = TrainConfig().optim
-    if lr is not None:  # random tensors are not a learnable task: at the default lr a long run can diverge
+    if lr is not None:
         optim = optim.model_copy(update={"lr": lr})
     module = Sparse4DLightning(model, optim, total_steps=steps + warmup)
     total = (steps + warmup) * batch * devices
