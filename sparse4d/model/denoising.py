@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from .instance_bank import gather_rows
-from .matching import box_l1_cost, solve_assignments, to_device
+from .matching import HostCopy, box_l1_cost, solve_assignments, to_device
 
 
 @dataclass
@@ -76,10 +76,28 @@ def make_denoising_queries(
     reg_weights: Tensor,
     generator: torch.Generator | None = None,
 ) -> DenoisingQueries | None:
-    """Build the denoising queries of one frame, or None when no sample has a GT box.
+    """Build the denoising queries of one frame, or None when no sample has a GT box."""
+    pending = start_denoising_queries(gt_anchors, gt_labels, gt_ids, num_groups=num_groups, noise_scale=noise_scale, max_dn_gt=max_dn_gt,
+                                      add_neg_dn=add_neg_dn, reg_weights=reg_weights, generator=generator)
+    return None if pending is None else pending.finish()
 
-    The noise is drawn on the CPU (from `generator` when given) and copied once; the assignment costs
-    of every (sample, group) come back to the host in one copy: one host sync per frame.
+
+def start_denoising_queries(
+    gt_anchors: list[Tensor],
+    gt_labels: list[Tensor],
+    gt_ids: list[Tensor],
+    *,
+    num_groups: int,
+    noise_scale: list[float],
+    max_dn_gt: int,
+    add_neg_dn: bool,
+    reg_weights: Tensor,
+    generator: torch.Generator | None = None,
+) -> PendingDenoising | None:
+    """Queue the noisy anchors and the copy of their assignment costs to the host; `finish()` solves.
+
+    The noise is drawn on the CPU (from `generator` when given) and copied once. Queue this before
+    the backbone and finish after it: the host then solves while the GPU runs the backbone.
     """
     counts = [min(len(g), max_dn_gt) for g in gt_labels]
     num_gt = max(counts, default=0)
@@ -104,25 +122,43 @@ def make_denoising_queries(
     noisy = gt[:, None].repeat(1, num_groups, per_copy, 1) + to_device(noise.numpy(), device).to(dtype)
     valid = to_device(np.repeat(slot_valid[:, None], num_groups, axis=1), device)  # (B, G, M)
     noisy = torch.where(valid[..., None], noisy, torch.zeros((), dtype=dtype, device=device))
-
     cost = box_l1_cost(noisy.flatten(0, 1), gt.repeat_interleave(num_groups, dim=0), reg_weights.to(dtype))  # (B*G, M, N)
-    rows = [np.flatnonzero(slot_valid[i]) for i in range(b) for _ in range(num_groups)]
-    assigned = solve_assignments(cost, [n for n in counts for _ in range(num_groups)], rows).reshape(b, num_groups, m)
-    index = to_device(assigned, device)
-    hit = index >= 0
-    safe = index.clamp(min=0).flatten(1, 2)  # (B, G*M)
-    target_box = torch.where(hit.flatten(1, 2)[..., None], gather_rows(raw, safe), torch.zeros((), dtype=dtype, device=device))
-    target_cls = torch.where(hit.flatten(1, 2), torch.gather(labels, 1, safe), torch.full_like(safe, -1))
-    target_id = torch.where(hit.flatten(1, 2), torch.gather(ids, 1, safe), torch.full_like(safe, -1))
-    return DenoisingQueries(
-        anchors=noisy.flatten(1, 2),
-        box_targets=target_box,
-        cls_targets=target_cls,
-        valid=valid.flatten(1, 2),
-        instance_ids=target_id,
-        num_groups=num_groups,
-        group_size=m,
-    )
+    return PendingDenoising(noisy, valid, raw, labels, ids, slot_valid, counts, num_groups, HostCopy(cost))
+
+
+@dataclass
+class PendingDenoising:
+    """Denoising queries whose in-group assignment costs are on their way to the host."""
+
+    noisy: Tensor  # (B, G, M, D)
+    valid: Tensor  # (B, G, M)
+    raw: Tensor  # (B, N, D) padded GT anchors
+    labels: Tensor  # (B, N)
+    ids: Tensor  # (B, N)
+    slot_valid: np.ndarray  # (B, M)
+    counts: list[int]
+    num_groups: int
+    cost: HostCopy  # (B*G, M, N)
+
+    def finish(self) -> DenoisingQueries:
+        """Solve the assignments (waits for the cost copy only) and build the queries and targets."""
+        b, g, m = self.valid.shape
+        device, dtype = self.noisy.device, self.noisy.dtype
+        rows = [np.flatnonzero(self.slot_valid[i]) for i in range(b) for _ in range(g)]
+        assigned = solve_assignments(self.cost.numpy(), [n for n in self.counts for _ in range(g)], rows).reshape(b, g, m)
+        index = to_device(assigned, device)
+        hit = (index >= 0).flatten(1, 2)
+        safe = index.clamp(min=0).flatten(1, 2)  # (B, G*M)
+        zero = torch.zeros((), dtype=dtype, device=device)
+        return DenoisingQueries(
+            anchors=self.noisy.flatten(1, 2),
+            box_targets=torch.where(hit[..., None], gather_rows(self.raw, safe), zero),
+            cls_targets=torch.where(hit, torch.gather(self.labels, 1, safe), torch.full_like(safe, -1)),
+            valid=self.valid.flatten(1, 2),
+            instance_ids=torch.where(hit, torch.gather(self.ids, 1, safe), torch.full_like(safe, -1)),
+            num_groups=g,
+            group_size=m,
+        )
 
 
 def denoising_noise(batch: int, groups: int, num_gt: int, noise_scale: list[float], add_neg_dn: bool, generator: torch.Generator | None) -> Tensor:
@@ -182,4 +218,4 @@ def fit_group_size(values: Tensor, size: int, fill: float | int | bool) -> Tenso
     return torch.cat([values, torch.full(pad_shape, fill, dtype=values.dtype, device=values.device)], dim=2)
 
 
-__all__ = ["DenoisingQueries", "CarriedDenoising", "make_denoising_queries", "attention_mask", "retarget_carried", "fit_group_size"]
+__all__ = ["DenoisingQueries", "CarriedDenoising", "PendingDenoising", "make_denoising_queries", "start_denoising_queries", "attention_mask", "retarget_carried", "fit_group_size"]

@@ -1,6 +1,7 @@
 """Sparse4D v3 head: the decoder loop over `operation_order` with instance bank and denoising."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -97,10 +98,13 @@ class Sparse4DHead(nn.Module):
         dn: DenoisingQueries | None = None,
         carried_dn: CarriedDenoising | None = None,
         carried_dn_targets: tuple[Tensor, Tensor] | None = None,
+        on_layer: Callable[[Tensor, Tensor], None] | None = None,
     ) -> HeadOutput:
         """prev_features/prev_anchors: the instance bank state's carried instances (B, T, ...).
 
-        carried_dn (and its targets) must already have the current denoising group size. Every
+        carried_dn (and its targets) must already have the current denoising group size. `on_layer`
+        gets each decoder layer's (class logits, anchors) as soon as they are queued (training starts
+        that layer's matching there). Every
         branch here depends on which inputs are given and on shapes, never on tensor values, so one
         call can be captured in a CUDA graph (`graphed_stream.GraphedStream` captures whole frames).
         """
@@ -137,6 +141,8 @@ class Sparse4DHead(nn.Module):
                 out.classification.append(cls)
                 out.quality.append(quality)
                 out.layer_dn.append(out.dn)
+                if on_layer is not None:
+                    on_layer(cls, anchor)
                 if len(out.prediction) == self.num_single_frame_decoder and self.temporal:
                     feature, anchor = bank.merge_carried(feature, anchor, cls, carried_feature, carried_anchor, temporal_mask)
                     if dn is not None and carried_dn is not None and carried_dn_targets is not None:

@@ -1,9 +1,10 @@
 """Hungarian matching of queries to ground truth.
 
 Cost = focal classification cost x cls_weight + weighted L1 box cost x box_weight, as Sparse4D's
-SparseBox3DTarget defines it; the assignment is scipy's linear_sum_assignment. The costs of every
-(decoder layer, sample) pair are built in one batched GPU computation and copied to the host once:
-the solver needs them on the CPU, and one copy is one host sync per step instead of one per pair.
+SparseBox3DTarget defines it; the assignment is scipy's linear_sum_assignment, which needs the costs
+on the host. `LayerMatcher` starts each decoder layer's copy as soon as that layer's outputs exist
+(`HostCopy`: pinned memory, non-blocking, an event), so while the host solves early layers the GPU
+is still computing later ones, instead of idling through every solve after the forward.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def matching_cost(
     return focal_class_cost(logits, gt_labels, alpha, gamma) * cls_weight + box_l1_cost(boxes, gt_boxes, reg_weights) * box_weight
 
 
-def solve_assignments(cost: Tensor, num_gt: list[int], rows: list[np.ndarray] | None = None) -> np.ndarray:
+def solve_assignments(cost: Tensor | np.ndarray, num_gt: list[int], rows: list[np.ndarray] | None = None) -> np.ndarray:
     """Minimum-cost assignment per problem. cost (S, Q, M) on any device; problem s uses the rows
     `rows[s]` (default all) and the first num_gt[s] columns.
 
@@ -51,7 +52,9 @@ def solve_assignments(cost: Tensor, num_gt: list[int], rows: list[np.ndarray] | 
     assigned = np.full((s_count, q), UNASSIGNED, dtype=np.int64)
     if s_count == 0 or q == 0 or max(num_gt, default=0) == 0:
         return assigned
-    cost_np = np.nan_to_num(cost.detach().float().cpu().numpy().astype(np.float64), nan=1e8, posinf=1e8, neginf=-1e8)
+    if isinstance(cost, Tensor):
+        cost = cost.detach().float().cpu().numpy()
+    cost_np = np.nan_to_num(cost.astype(np.float64), nan=1e8, posinf=1e8, neginf=-1e8)
     for s in range(s_count):
         m = num_gt[s]
         used = np.arange(q) if rows is None else rows[s]
@@ -68,6 +71,77 @@ def to_device(array: np.ndarray, device: torch.device) -> Tensor:
     if device.type == "cuda":
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)
+
+
+class HostCopy:
+    """A device tensor's copy to the host, started now and waited for only when read.
+
+    On CUDA the copy goes to pinned memory without blocking and an event marks its end: reading waits
+    for this copy alone, not for everything queued after it. On the CPU it is a plain copy.
+    """
+
+    def __init__(self, tensor: Tensor) -> None:
+        tensor = tensor.detach()
+        self._event: torch.cuda.Event | None = None
+        if tensor.is_cuda:
+            self._host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            self._host.copy_(tensor, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = tensor.clone()
+
+    def numpy(self) -> np.ndarray:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host.numpy()
+
+
+class LayerMatcher:
+    """Hungarian matching of several decoder layers' queries to the same GT, started layer by layer.
+
+    gt_labels (B, M) (padding any valid class), gt_boxes (B, M, D) NaN-free, num_gt[b] real GT of
+    sample b (host ints). `add_layer` queues one layer's costs and their copy to the host;
+    `assignments` solves the layers in order, each as soon as its own copy has arrived.
+    """
+
+    def __init__(self, gt_labels: Tensor, gt_boxes: Tensor, num_gt: list[int], *, alpha: float, gamma: float, cls_weight: float,
+                 box_weight: float, reg_weights: Tensor) -> None:
+        self.gt_labels = gt_labels
+        self.gt_boxes = gt_boxes.float()
+        self.num_gt = list(num_gt)
+        self.alpha, self.gamma, self.cls_weight, self.box_weight = alpha, gamma, cls_weight, box_weight
+        self.reg_weights = reg_weights.float()
+        self._pending: list[HostCopy | None] = []
+        self._shape: tuple[int, int] | None = None
+        self._device: torch.device | None = None
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._pending)
+
+    @torch.no_grad()
+    def add_layer(self, logits: Tensor, boxes: Tensor) -> None:
+        """logits (B, Q, C), boxes (B, Q, D) of one layer's queries to match."""
+        self._shape, self._device = tuple(logits.shape[:2]), logits.device
+        if max(self.num_gt, default=0) == 0 or logits.shape[1] == 0:
+            self._pending.append(None)
+            return
+        cost = matching_cost(
+            logits.detach().float(), boxes.detach().float(), self.gt_labels, self.gt_boxes,
+            alpha=self.alpha, gamma=self.gamma, cls_weight=self.cls_weight, box_weight=self.box_weight, reg_weights=self.reg_weights,
+        )
+        self._pending.append(HostCopy(cost))
+
+    def assignments(self) -> Tensor:
+        """(L, B, Q) int64 on the layers' device: the GT index each query is assigned to, or UNASSIGNED."""
+        if self._shape is None or self._device is None:
+            raise ValueError("LayerMatcher.assignments() before any add_layer()")
+        solved = [
+            np.full(self._shape, UNASSIGNED, dtype=np.int64) if copy is None else solve_assignments(copy.numpy(), self.num_gt)
+            for copy in self._pending
+        ]
+        return to_device(np.stack(solved), self._device)
 
 
 @torch.no_grad()
@@ -89,14 +163,9 @@ def hungarian_match_batch(
 
     Returns (S, Q) int64 on logits.device: the GT index each query is assigned to, or UNASSIGNED.
     """
-    device = logits.device
-    if max(num_gt, default=0) == 0 or logits.shape[1] == 0:
-        return torch.full(logits.shape[:2], UNASSIGNED, dtype=torch.int64, device=device)
-    cost = matching_cost(
-        logits.float(), boxes.float(), gt_labels, gt_boxes.float(),
-        alpha=alpha, gamma=gamma, cls_weight=cls_weight, box_weight=box_weight, reg_weights=reg_weights.float(),
-    )
-    return to_device(solve_assignments(cost, num_gt), device)
+    matcher = LayerMatcher(gt_labels, gt_boxes, num_gt, alpha=alpha, gamma=gamma, cls_weight=cls_weight, box_weight=box_weight, reg_weights=reg_weights)
+    matcher.add_layer(logits, boxes)
+    return matcher.assignments()[0]
 
 
 @torch.no_grad()

@@ -23,13 +23,13 @@ from .anchor_encoder import AnchorEncoder
 from .backbone import ResNet
 from .box_coding import encode_boxes
 from .decoder import decode_topk, to_detections
-from .denoising import CarriedDenoising, fit_group_size, make_denoising_queries, retarget_carried
+from .denoising import CarriedDenoising, DenoisingQueries, PendingDenoising, fit_group_size, retarget_carried, start_denoising_queries
 from .depth import DenseDepthNet
 from .grid_mask import GridMask
 from .head import HeadOutput, Sparse4DHead
 from .instance_bank import InstanceBank, InstanceBankState, gather_rows, load_anchors
 from .losses import allow_reversed_yaw, centerness_loss, sigmoid_focal_loss, weighted_l1, yawness_loss
-from .matching import hungarian_match_batch
+from .matching import LayerMatcher
 from .neck import FPN
 from .refinement import QUALITY_CNS, QUALITY_YNS
 from .unsupported import check_supported
@@ -269,10 +269,10 @@ class Sparse4D(nn.Module):
         first_frame: Tensor,
         state: InstanceBankState,
         timestamp: Tensor,
-        **dn_kwargs: Any,
+        **head_kwargs: Any,
     ) -> tuple[HeadOutput, dict[str, Tensor], InstanceBankState]:
         temporal_mask = state.valid & ~first_frame
-        head_out = self.head(feature_maps, projection_mat, image_wh, time_interval, temporal_mask, state.features, state.anchors, **dn_kwargs)
+        head_out = self.head(feature_maps, projection_mat, image_wh, time_interval, temporal_mask, state.features, state.anchors, **head_kwargs)
         bank = self.head.instance_bank
         a = bank.num_anchor
         cls = head_out.classification[-1][:, :a]
@@ -335,12 +335,12 @@ class Sparse4D(nn.Module):
         timestamp = batch["timestamp"].to(device=device, dtype=torch.float64)
         temporal_mask, time_interval = self._time_interval(state, first_frame, timestamp)
 
-        dn_kwargs: dict[str, Any] = {}
         gt = None
+        pending_dn: PendingDenoising | None = None
         if self.training:
             gt = self._targets(batch, device)
             if self.denoising is not None and self.denoising.num_groups > 0:
-                dn = make_denoising_queries(
+                pending_dn = start_denoising_queries(  # solved after the backbone is queued
                     gt["anchors"],
                     gt["labels"],
                     gt["ids"],
@@ -350,20 +350,21 @@ class Sparse4D(nn.Module):
                     add_neg_dn=self.denoising.add_neg_dn,
                     reg_weights=self._dn_reg_weights,
                 )
-                dn_kwargs["dn"] = dn
-                carried = self._carried_dn
-                if dn is not None and carried is not None and carried.features.shape[0] == b:
-                    box_t, cls_t = retarget_carried(carried, gt["anchors"], gt["labels"], gt["ids"])
-                    m = dn.group_size
-                    dn_kwargs["carried_dn"] = carried.resized(m)
-                    dn_kwargs["carried_dn_targets"] = (fit_group_size(box_t, m, 0.0), fit_group_size(cls_t, m, -1))
 
         if self.grid_mask is not None:
             img = self.grid_mask(img)
         feats = self.extract_features(img)
         projection_mat = batch["projection_mat"].to(device=device, dtype=feats[0].dtype)
         image_wh = batch["image_wh"].to(device=device, dtype=feats[0].dtype)
-        head_out, decoded, new_state = self._run_frame(feats, projection_mat, image_wh, time_interval, first_frame, state, timestamp, **dn_kwargs)
+        head_kwargs: dict[str, Any] = {}
+        matcher = None
+        if gt is not None:
+            if pending_dn is not None:
+                head_kwargs.update(self._denoising_inputs(pending_dn.finish(), gt, b))
+            matcher = self._layer_matcher(gt)
+            a = self.head.instance_bank.num_anchor
+            head_kwargs["on_layer"] = lambda cls, box: matcher.add_layer(cls[:, :a], box[:, :a])
+        head_out, decoded, new_state = self._run_frame(feats, projection_mat, image_wh, time_interval, first_frame, state, timestamp, **head_kwargs)
         self._state = new_state.kept()
         if self.training:
             bank = self.head.instance_bank
@@ -373,6 +374,7 @@ class Sparse4D(nn.Module):
 
         out: dict[str, Any] = {
             "targets": gt,
+            "matcher": matcher,
             "temporal_mask": temporal_mask,
             "classification": head_out.classification,
             "prediction": head_out.prediction,
@@ -388,6 +390,17 @@ class Sparse4D(nn.Module):
             focal = projection_mat[..., 0, 0]
             out["depths"] = self.depth_branch(feats, focal)
         return out
+
+    def _denoising_inputs(self, dn: DenoisingQueries, gt: dict[str, list[Tensor]], batch_size: int) -> dict[str, Any]:
+        """The head's denoising arguments: this frame's groups, and last frame's carried groups retargeted."""
+        inputs: dict[str, Any] = {"dn": dn}
+        carried = self._carried_dn
+        if carried is not None and carried.features.shape[0] == batch_size:
+            box_t, cls_t = retarget_carried(carried, gt["anchors"], gt["labels"], gt["ids"])
+            m = dn.group_size
+            inputs["carried_dn"] = carried.resized(m)
+            inputs["carried_dn_targets"] = (fit_group_size(box_t, m, 0.0), fit_group_size(cls_t, m, -1))
+        return inputs
 
     @torch.no_grad()
     def predict(self, batch: dict[str, Any]) -> list[dict[str, Tensor]]:
@@ -428,27 +441,36 @@ class Sparse4D(nn.Module):
             out[f"loss_yns{suffix}"] = yawness_loss(quality[..., QUALITY_YNS], box, target, normaliser, mask)
         return out
 
-    def _match_all_layers(self, out: dict[str, Any], gt: dict[str, list[Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
-        """Hungarian-match every decoder layer's normal queries to the GT in one batched solve.
-
-        Returns (assigned GT index (L, B, A), -1 = unmatched; padded GT labels (B, M); padded raw GT anchors (B, M, 11)).
-        """
-        s = self.loss_settings
-        a = self.head.instance_bank.num_anchor
+    def _padded_targets(self, gt: dict[str, list[Tensor]]) -> tuple[Tensor, Tensor, list[int]]:
+        """(labels (B, M), raw anchors (B, M, 11), GT count per sample); M >= 1 so gathers stay well-formed."""
         counts = [len(x) for x in gt["labels"]]
         labels = pad_sequence(gt["labels"], batch_first=True, padding_value=0)
         anchors = pad_sequence(gt["anchors"], batch_first=True)
-        if labels.shape[1] == 0:  # no GT anywhere: one padding column keeps the gathers below well-formed
+        if labels.shape[1] == 0:  # no GT anywhere: one padding column
             labels = labels.new_zeros(labels.shape[0], 1)
             anchors = anchors.new_zeros(anchors.shape[0], 1, anchors.shape[-1])
-        layers = len(out["classification"])
-        cls = torch.stack([c[:, :a] for c in out["classification"]]).flatten(0, 1)  # (L*B, A, C)
-        box = torch.stack([p[:, :a] for p in out["prediction"]]).flatten(0, 1)
-        assigned = hungarian_match_batch(
-            cls.detach(), box.detach(), labels.repeat(layers, 1), torch.nan_to_num(anchors, nan=0.0).repeat(layers, 1, 1), counts * layers,
-            alpha=s.alpha, gamma=s.gamma, cls_weight=s.match_cls_weight, box_weight=s.match_box_weight, reg_weights=self._match_reg_weights,
-        )
-        return assigned.reshape(layers, -1, a), labels, anchors
+        return labels, anchors, counts
+
+    def _layer_matcher(self, gt: dict[str, list[Tensor]]) -> LayerMatcher:
+        s = self.loss_settings
+        labels, anchors, counts = self._padded_targets(gt)
+        return LayerMatcher(labels, torch.nan_to_num(anchors, nan=0.0), counts, alpha=s.alpha, gamma=s.gamma, cls_weight=s.match_cls_weight,
+                            box_weight=s.match_box_weight, reg_weights=self._match_reg_weights)
+
+    def _match_all_layers(self, out: dict[str, Any], gt: dict[str, list[Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+        """Hungarian-match every decoder layer's normal queries to the GT; the forward has usually
+        started it layer by layer (`out["matcher"]`).
+
+        Returns (assigned GT index (L, B, A), -1 = unmatched; padded GT labels (B, M); padded raw GT anchors (B, M, 11)).
+        """
+        a = self.head.instance_bank.num_anchor
+        matcher = out.get("matcher")
+        if matcher is None or matcher.num_layers != len(out["classification"]):
+            matcher = self._layer_matcher(gt)
+            for cls, box in zip(out["classification"], out["prediction"]):
+                matcher.add_layer(cls[:, :a], box[:, :a])
+        labels, anchors, _ = self._padded_targets(gt)
+        return matcher.assignments(), labels, anchors
 
     def query_losses(self, cls: Tensor, box: Tensor, quality: Tensor | None, assigned: Tensor, gt_labels: Tensor, gt_anchors: Tensor) -> dict[str, Tensor]:
         """One layer's normal queries: cls (B, A, C), box (B, A, 11), assigned (B, A) GT index or -1;

@@ -5,7 +5,7 @@ import itertools
 
 import torch
 
-from sparse4d.model.matching import focal_class_cost, hungarian_match, matching_cost
+from sparse4d.model.matching import UNASSIGNED, LayerMatcher, focal_class_cost, hungarian_match, matching_cost
 
 
 def brute_force_min_cost(cost: torch.Tensor) -> float:
@@ -49,3 +49,25 @@ def test_empty_ground_truth_matches_nothing() -> None:
     rows, cols = hungarian_match(torch.randn(4, 3), torch.randn(4, 11), torch.zeros(0, dtype=torch.int64), torch.zeros(0, 11),
                                  alpha=0.25, gamma=2.0, cls_weight=2.0, box_weight=0.25, reg_weights=torch.ones(11))
     assert rows.numel() == 0 and cols.numel() == 0
+
+
+def test_layer_matcher_solves_every_layer_and_sample_optimally() -> None:
+    """Layers queued one by one (as the forward does) each get their own optimal assignment per sample;
+    a sample without GT leaves every query unassigned."""
+    g = torch.Generator().manual_seed(3)
+    weights = torch.ones(11)
+    kw = dict(alpha=0.25, gamma=2.0, cls_weight=2.0, box_weight=0.25, reg_weights=weights)
+    labels = torch.tensor([[0, 2, 1], [1, 0, 0]])
+    gt = torch.randn(2, 3, 11, generator=g) * 3
+    matcher = LayerMatcher(labels, gt, [3, 0], **kw)
+    layers = [(torch.randn(2, 5, 3, generator=g), torch.randn(2, 5, 11, generator=g) * 3) for _ in range(3)]
+    for logits, boxes in layers:
+        matcher.add_layer(logits, boxes)
+    assigned = matcher.assignments()
+    assert assigned.shape == (3, 2, 5) and assigned.dtype == torch.int64
+    for layer, (logits, boxes) in enumerate(layers):
+        rows, cols = hungarian_match(logits[0], boxes[0], labels[0], gt[0], **kw)
+        expected = torch.full((5,), UNASSIGNED, dtype=torch.int64)
+        expected[rows] = cols
+        assert torch.equal(assigned[layer, 0], expected)
+        assert bool((assigned[layer, 1] == UNASSIGNED).all())

@@ -159,3 +159,19 @@ def test_forward_frame_traces_and_replays_two_frames() -> None:
                 assert torch.allclose(x.double(), y.double(), atol=1e-5)
             state = want[4:]
         assert bool(state[-1].all())  # valid after a frame
+
+
+def test_matching_started_during_the_forward_equals_matching_after_it(anchor_file: str) -> None:
+    """The forward queues each decoder layer's matching as the layer is computed; the loss must get the
+    same assignments as matching the finished outputs."""
+    torch.manual_seed(2)
+    model = Sparse4D.from_config(small_config(anchor_file), num_classes=3).train()
+    for frame in range(2):
+        batch = synthetic_batch(2, num_gt=4, first_frame=frame == 0, timestamp=0.1 * frame, seed=frame)
+        out = model(batch)
+        assert out["matcher"].num_layers == len(out["classification"]) == 2
+        started, labels, anchors = model._match_all_layers(out, out["targets"])
+        after, labels_after, anchors_after = model._match_all_layers({**out, "matcher": None}, out["targets"])
+        assert torch.equal(started, after) and bool((started >= 0).any())
+        assert torch.equal(labels, labels_after) and torch.equal(torch.nan_to_num(anchors), torch.nan_to_num(anchors_after))
+        model.loss(out, batch)
