@@ -33,3 +33,31 @@ def compile_regions(model: nn.Module, mode: str | None = None) -> int:
     model.denoising_losses = torch.compile(model.denoising_losses, mode=mode)
     LOG.info("compiled %d head regions and the loss functions", regions + 1)
     return regions + 3
+
+
+def compile_for_training(model: nn.Module, mode: str, on_gpu: bool) -> bool:
+    """`train.compile`: compile the regions when training on a GPU; returns whether each training step
+    must mark a new CUDA-graph step (`reduce-overhead`). On the CPU it logs and trains eagerly."""
+    if mode == "off":
+        return False
+    if not on_gpu:
+        LOG.warning("train.compile=%s needs a CUDA GPU: training eagerly on the CPU", mode)
+        return False
+    if not hasattr(torch.compiler, "set_stance"):
+        from sparse4d.errors import SpecError
+
+        raise SpecError(f"train.compile={mode} needs torch >= 2.6 (this is {torch.__version__})", key="train.compile",
+                        hint="upgrade torch or set train.compile=off")
+    compile_regions(model, None if mode == "default" else mode)
+    return mode == "reduce-overhead"
+
+
+def eager_regions():
+    """Context in which compiled regions run their eager code: evaluation captures whole frames in its
+    own CUDA graph (`GraphedStream`), inside which compiled regions and their graphs cannot run."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    if set_stance is None:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return set_stance("force_eager")

@@ -25,8 +25,12 @@ class Sparse4DLightning(pl.LightningModule):
     loss) is accumulated on the device and checked every `finite_check_interval` steps, at epoch end
     and before any checkpoint is written (a NaN run stops before it can save NaN weights)."""
 
-    def __init__(self, model: torch.nn.Module, optim: Any, total_steps: int, finite_check_interval: int = 20) -> None:
+    def __init__(self, model: torch.nn.Module, optim: Any, total_steps: int, finite_check_interval: int = 20,
+                 cuda_graph_steps: bool = False) -> None:
         super().__init__()
+        # regions compiled with mode="reduce-overhead" replay CUDA graphs: each step must tell the
+        # graph trees that the last step's outputs are no longer needed
+        self.cuda_graph_steps = cuda_graph_steps
         self.model = model
         self.optim = optim
         self.total_steps = int(total_steps)
@@ -39,6 +43,8 @@ class Sparse4DLightning(pl.LightningModule):
         return self.model(batch)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        if self.cuda_graph_steps:
+            torch.compiler.cudagraph_mark_step_begin()
         out = self.model(batch)
         losses = self.model.loss(out, batch)
         total = losses["loss"]

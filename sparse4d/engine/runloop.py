@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from sparse4d.engine.compile import eager_regions
 from sparse4d.engine.predictions import add_first, results_from_decoded
 from sparse4d.model.graphed_stream import GraphedStream
 
@@ -35,7 +36,8 @@ def predict_loader(model: torch.nn.Module, loader: Iterable[dict[str, Any]], cla
     of training neither sees nor leaves training instances. `tracking_threshold` is the confidence a
     query needs to start a new track (the model's decoder threshold, used here only for track ids:
     every decoded box is kept in the results). `cuda_graphs` on a CUDA device replays each frame
-    from a captured graph (`GraphedStream`): same results, a fraction of the launch overhead.
+    from a captured graph (`GraphedStream`): same results, a fraction of the launch overhead. Regions
+    compiled for training (`train.compile`) run eagerly here.
     """
     was_training = model.training
     saved_threshold = getattr(model, "score_threshold", None)
@@ -48,7 +50,7 @@ def predict_loader(model: torch.nn.Module, loader: Iterable[dict[str, Any]], cla
     try:
         for batch in loader:
             batch = move_batch(batch, device)
-            with (autocast() if autocast is not None else contextlib.nullcontext()):
+            with eager_regions(), (autocast() if autocast is not None else contextlib.nullcontext()):
                 decoded = model(batch)["decoded"] if stream is None else stream(batch)
             add_first(results, results_from_decoded(decoded, batch, classes))
             if on_batch is not None:

@@ -133,7 +133,10 @@ def _train(spec: Any, results_dir: Path, status: StatusWriter) -> dict[str, floa
     LOG.info("iterations per epoch: %d (sampler; formula num_frames*num_bev_groups/(nodes*gpus*batch) = %.1f), %d frames, %d sequences",
              steps_per_epoch, iterations_per_epoch_formula(spec, devices.world_size), len(data.train_set), len(data.train_set.sequences))
     total_steps = steps_per_epoch * t.num_epochs
-    module = Sparse4DLightning(model, t.optim, total_steps)
+    from sparse4d.engine.compile import compile_for_training
+
+    mark_graph_steps = compile_for_training(model, str(t.compile), on_gpu=devices.accelerator == "gpu")
+    module = Sparse4DLightning(model, t.optim, total_steps, cuda_graph_steps=mark_graph_steps)
 
     annotations = Annotations.from_dataset(data.val_set, use_valid_flag=spec.dataset.val_dataset.use_valid_flag)
     validator = make_validator(data.val_loader, annotations, classes, tracking_threshold=spec.dataset.val_dataset.tracking_threshold,

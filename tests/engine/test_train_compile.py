@@ -1,0 +1,62 @@
+"""`train.compile`: compiled head regions in the trainer (CUDA only; the CPU trains eagerly)."""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from .conftest import make_spec, tiny_overrides
+from sparse4d.engine.checkpoint import list_checkpoints
+from sparse4d.engine.compile import compile_for_training
+from sparse4d.engine.train import run_train
+from sparse4d.jobs.status_file import read_events
+from sparse4d.model.sparse4d import Sparse4D
+from tests.model.model_helpers import random_anchors, small_config
+
+
+def compiled(module: torch.nn.Module) -> bool:
+    return getattr(module, "_compiled_call_impl", None) is not None
+
+
+def small_model(tmp_path: Path) -> Sparse4D:
+    path = tmp_path / "anchor_init.npy"
+    np.save(path, random_anchors(80))
+    return Sparse4D.from_config(small_config(str(path)), num_classes=3)
+
+
+def test_off_and_cpu_train_eagerly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    model = small_model(tmp_path)
+    assert compile_for_training(model, "off", on_gpu=True) is False
+    with caplog.at_level(logging.WARNING):
+        assert compile_for_training(model, "reduce-overhead", on_gpu=False) is False
+    assert "train.compile=reduce-overhead needs a CUDA GPU" in caplog.text
+    assert not compiled(model.head.anchor_encoder)
+    assert not any(compiled(layer) for layer in model.head.layers)
+
+
+def test_the_key_is_validated() -> None:
+    from sparse4d.config import validate_spec
+
+    report = validate_spec("train", {}, overrides={"train.compile": "max-autotune"})
+    assert not report.valid and any(e.key == "train.compile" for e in report.errors)
+
+
+@pytest.mark.gpu
+def test_reduce_overhead_training_validates_and_checkpoints(converted, tmp_path: Path) -> None:
+    """Compiled regions replayed from CUDA graphs in Lightning's loop, validation (which captures whole
+    frames in its own graph) running them eagerly, finite losses, checkpoints with the usual keys."""
+    results = tmp_path / "compiled"
+    run_train(make_spec("train", tiny_overrides(converted, results, **{"dataset.batch_size": 2, "train.compile": "reduce-overhead",
+                                                                     "train.precision": "bf16"})))
+    names = [p.name for _, _, p in list_checkpoints(results)]
+    assert names == ["model_epoch_001_step_00004.pth", "model_epoch_002_step_00008.pth"]
+    state = torch.load(results / names[-1], weights_only=True)["state_dict"]
+    assert not any("_orig_mod" in key for key in state)  # compiled in place: plain keys
+    events = read_events(results / "status.json")
+    assert [e["status"] for e in events] == ["STARTED", "RUNNING", "RUNNING", "SUCCESS"]
+    for event in events[1:3]:
+        assert math.isfinite(event["kpi"]["loss"]) and 0.0 <= event["kpi"]["val_mAP"] <= 1.0
