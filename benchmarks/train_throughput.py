@@ -248,7 +248,22 @@ def profile_steps(step, count: int) -> dict:
         "top_gpu_kernels_ms_per_step": {e.key[:70]: round(e.self_device_time_total / 1000 / count, 2)
                                         for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:40]},
         "gpu_ms_per_step_by_kind": kernel_kinds(kernels, count),
+        "largest_gpu_idle_gaps": idle_gaps(prof.events()),
     }
+
+
+def idle_gaps(events, top: int = 15) -> list[str]:
+    """The longest stretches with no kernel running, each as 'ms: kernel before -> kernel after'."""
+    kernels = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda e: e.time_range.start)
+    gaps = []
+    busy_until, last = None, None
+    for e in kernels:
+        if busy_until is not None and e.time_range.start > busy_until:
+            gaps.append(((e.time_range.start - busy_until) / 1000, last.name[:45], e.name[:45]))
+        if busy_until is None or e.time_range.end > busy_until:
+            busy_until, last = e.time_range.end, e
+    gaps.sort(reverse=True)
+    return [f"{ms:.2f} ms: {before} -> {after}" for ms, before, after in gaps[:top]]
 
 
 KERNEL_KINDS = (  # first match wins; names as CUDA, cuDNN, cuBLAS, Triton and Inductor print them
@@ -282,7 +297,7 @@ def main() -> int:
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     parser.add_argument("--fused-adam", action="store_true", help="AdamW(fused=True) instead of the trainer's optimizer")
-    parser.add_argument("--compile-backbone", action="store_true", help="torch.compile the backbone+neck")
+    parser.add_argument("--compile-backbone", action="store_true", help="torch.compile the backbone+neck (in --compile-mode), also in the backbone-only step")
     parser.add_argument("--compile-head", action="store_true", help="regional torch.compile of the head and losses (sparse4d.engine.compile); no time split")
     parser.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"), default="default",
                         help="torch.compile mode for --compile-head (reduce-overhead: CUDA graphs per region)")
@@ -326,17 +341,18 @@ def main() -> int:
         from sparse4d.engine.compile import compile_regions
 
         compile_regions(model, None if args.compile_mode == "default" else args.compile_mode)
-    if args.compile_backbone:
-        model.backbone = torch.compile(model.backbone)
-        model.neck = torch.compile(model.neck)
+    if args.compile_backbone:  # in place, in --compile-mode (reduce-overhead: the backbone+neck step replays CUDA graphs too)
+        mode = None if args.compile_mode == "default" else args.compile_mode
+        model.backbone.compile(mode=mode)
+        model.neck.compile(mode=mode)
     timeline = Timeline()
-    if not args.compile_head:  # the timing hooks would be traced into the compiled regions
+    if not (args.compile_head or args.compile_backbone):  # the timing hooks would be traced into the compiled regions
         instrument(model, timeline)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if not args.fp32 else contextlib.nullcontext
     host_batches = [synthetic_batch(args.batch, args.num_gt, step) for step in range(4)]
 
     def train_step(step: int) -> None:
-        if args.compile_head and args.compile_mode == "reduce-overhead":
+        if (args.compile_head or args.compile_backbone) and args.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
         with timeline.region("data"):
             batch = to_device(host_batches[step % len(host_batches)], device)
@@ -377,7 +393,8 @@ def main() -> int:
         train_step(step)
     torch.cuda.synchronize()
     step_ms = (time.perf_counter() - start) * 1000 / args.steps
-    peak_gb = torch.cuda.max_memory_allocated() / 1e9
+    peak_gb = torch.cuda.max_memory_allocated() / 1e9  # since the reset after warm-up: CUDA-graph pools allocated while warming up are not in it
+    reserved_gb = torch.cuda.memory_reserved() / 1e9  # everything the caching allocator holds now, graph pools included
 
     # Profile before the FLOP counter and the sync check: under their dispatch modes the compiled
     # regions recompile, and past dynamo's recompile limit they stay eager.
@@ -417,6 +434,8 @@ def main() -> int:
         img = torch.randn(args.batch, CAMERAS, 3, HEIGHT, WIDTH, device=device)
 
         def backbone_step() -> None:
+            if args.compile_backbone and args.compile_mode == "reduce-overhead":
+                torch.compiler.cudagraph_mark_step_begin()
             with autocast():
                 feats = model.extract_features(img)
                 loss = sum(f.float().mean() for f in feats)
@@ -443,7 +462,7 @@ def main() -> int:
         "images_per_s": round(args.batch * CAMERAS * 1000 / step_ms, 1),
         "step_tflop": round(step_flops / 1e12, 3),
         "mfu": round(step_flops / (step_ms / 1000) / peak, 4) if peak else None, "peak_flops_assumed": peak,
-        "peak_memory_gb": round(peak_gb, 2),
+        "peak_memory_gb": round(peak_gb, 2), "memory_reserved_gb": round(reserved_gb, 2),
         "backbone_neck_only_step_ms": round(backbone_only_ms, 2) if backbone_only_ms else None,
         "ratio_to_backbone_only": round(step_ms / backbone_only_ms, 2) if backbone_only_ms else None,
         "split_ms_median_with_events": {k: round(v, 2) for k, v in split.items()},
