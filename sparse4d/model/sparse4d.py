@@ -540,7 +540,8 @@ class Sparse4D(nn.Module):
 
     def loss(self, out: dict[str, Any], batch: dict[str, Any]) -> dict[str, Tensor]:
         """Per decoder layer: matched-query losses (cls, box, cns, yns) and denoising losses (suffix _dn);
-        plus the depth loss; 'loss' is their sum. No host syncs besides the one matching copy."""
+        plus the depth loss; 'loss' is their sum. The host waits only for the matching costs' copies,
+        which the forward started layer by layer."""
         device = out["prediction"][0].device
         gt = out.get("targets") or self._targets(batch, device)
         a = self.head.instance_bank.num_anchor
