@@ -6,7 +6,7 @@ LightningModule, batch 2 per GPU; ranks see disjoint samples
 (Lightning's DistributedSampler). Run without --devices it runs 1 GPU then all GPUs as separate
 processes and prints the scaling factor.
 
-    PYTHONPATH=. python benchmarks/ddp_scaling.py [--steps 40] [--warmup 8] [--batch 2] [--lr 5e-5] [--compile-head] [--json out.json]
+    PYTHONPATH=. python benchmarks/ddp_scaling.py [--steps 40] [--warmup 8] [--batch 2] [--lr 5e-5] [--compile] [--json out.json]
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ class SyntheticFrames(torch.utils.data.Dataset):
         return sample
 
 
-def run_one(devices: int, steps: int, warmup: int, batch: int, out_path: str, find_unused: bool, compile_head: bool = False,
+def run_one(devices: int, steps: int, warmup: int, batch: int, out_path: str, find_unused: bool, compile_model: bool = False,
             lr: float | None = None) -> None:
     import pytorch_lightning as pl
 
@@ -72,7 +72,7 @@ def run_one(devices: int, steps: int, warmup: int, batch: int, out_path: str, fi
     cfg = ModelConfig()
     model = Sparse4D.from_config(cfg, NUM_CLASSES, anchors=scene_anchors(cfg.head.instance_bank.num_anchor))
     model = model.to(memory_format=torch.channels_last)
-    if compile_head:
+    if compile_model:
         from sparse4d.engine.compile import compile_regions
 
         compile_regions(model)
@@ -108,7 +108,7 @@ def run_one(devices: int, steps: int, warmup: int, batch: int, out_path: str, fi
     trainer.fit(module, loader)
     if trainer.global_rank == 0:
         seconds = clock.end - clock.start
-        record = {"devices": devices, "lr": float(optim.lr), "find_unused_parameters": find_unused, "compile_head": compile_head, "batch_per_gpu": batch, "steps": steps, "seconds": seconds,
+        record = {"devices": devices, "lr": float(optim.lr), "find_unused_parameters": find_unused, "compile_model": compile_model, "batch_per_gpu": batch, "steps": steps, "seconds": seconds,
                   "samples_per_s": steps * batch * devices / seconds, "final_loss": clock.final_loss, "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9}
         with open(out_path, "w") as fh:
             json.dump(record, fh)
@@ -121,13 +121,13 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--find-unused", action="store_true", help="DDP find_unused_parameters=True")
-    parser.add_argument("--compile-head", action="store_true", help="regional torch.compile of the head and losses")
+    parser.add_argument("--compile", action="store_true", help="torch.compile what train.compile does (backbone, neck, head, losses)")
     parser.add_argument("--lr", type=float, help="learning rate (default: the trainer's)")
     parser.add_argument("--out", help="(internal) result file of one run")
     parser.add_argument("--json")
     args = parser.parse_args()
     if args.devices:
-        run_one(args.devices, args.steps, args.warmup, args.batch, args.out, args.find_unused, args.compile_head, args.lr)
+        run_one(args.devices, args.steps, args.warmup, args.batch, args.out, args.find_unused, args.compile_model, args.lr)
         return 0
     gpus = torch.cuda.device_count()
     if gpus < 2:
@@ -138,7 +138,7 @@ def main() -> int:
         for devices in (1, gpus):
             out = os.path.join(tmp, f"{devices}.json")
             cmd = [sys.executable, __file__, "--devices", str(devices), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                   "--batch", str(args.batch), "--out", out] + (["--find-unused"] if args.find_unused else []) + (["--compile-head"] if args.compile_head else []) + (["--lr", str(args.lr)] if args.lr else [])
+                   "--batch", str(args.batch), "--out", out] + (["--find-unused"] if args.find_unused else []) + (["--compile"] if args.compile_model else []) + (["--lr", str(args.lr)] if args.lr else [])
             subprocess.run(cmd, check=True)
             with open(out) as fh:
                 results[devices] = json.load(fh)

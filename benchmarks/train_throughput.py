@@ -11,7 +11,7 @@ depth, loss incl. matching, optimizer; CUDA events), and the backbone+neck-only 
 batch measured in the same run.
 
     PYTHONPATH=. python benchmarks/train_throughput.py [--batch 2] [--steps 20] [--reference-aggregation]
-        [--no-channels-last] [--fp32] [--fused-adam] [--compile-backbone] [--compile-head [--compile-mode reduce-overhead]] [--json out.json]
+        [--no-channels-last] [--fp32] [--fused-adam] [--compile-backbone | --compile [--compile-mode reduce-overhead]] [--json out.json]
 
 `--data real` measures the trainer's own path instead of pinned synthetic tensors: synthetic AICity
 scenes at the default size (benchmarks/synthetic_scenes.py: 6 cameras, 1408x512, generated in
@@ -297,11 +297,12 @@ def main() -> int:
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     parser.add_argument("--fused-adam", action="store_true", help="AdamW(fused=True) instead of the trainer's optimizer")
-    parser.add_argument("--compile-backbone", action="store_true", help="torch.compile the backbone+neck (in --compile-mode), also in the backbone-only step")
-    parser.add_argument("--compile-head", action="store_true", help="regional torch.compile of the head and losses (sparse4d.engine.compile); no time split")
+    parser.add_argument("--compile-backbone", action="store_true", help="torch.compile only the backbone+neck (in --compile-mode), also in the backbone-only step")
+    parser.add_argument("--compile", action="store_true",
+                        help="what train.compile does (sparse4d.engine.compile): backbone, neck, whole head, decoder losses; no time split")
     parser.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"), default="default",
-                        help="torch.compile mode for --compile-head (reduce-overhead: CUDA graphs per region)")
-    parser.add_argument("--flops-tflop", type=float, default=0.0, help="FLOPs per step from an eager run (for MFU with --compile-head)")
+                        help="torch.compile mode for --compile / --compile-backbone (reduce-overhead: CUDA graphs per region)")
+    parser.add_argument("--flops-tflop", type=float, default=0.0, help="FLOPs per step from an eager run (for MFU with --compile)")
     parser.add_argument("--skip-backbone-only", action="store_true")
     parser.add_argument("--profile", action="store_true", help="torch.profiler over 2 steps: GPU busy share, top ops")
     parser.add_argument("--json")
@@ -337,22 +338,22 @@ def main() -> int:
     else:
         optimizer = build_optimizer(model, train_cfg.optim)
     max_norm = float(train_cfg.optim.grad_clip.max_norm)
-    if args.compile_head:
+    if args.compile:
         from sparse4d.engine.compile import compile_regions
 
         compile_regions(model, None if args.compile_mode == "default" else args.compile_mode)
-    if args.compile_backbone:  # in place, in --compile-mode (reduce-overhead: the backbone+neck step replays CUDA graphs too)
+    elif args.compile_backbone:  # in place, in --compile-mode (reduce-overhead: the backbone+neck step replays CUDA graphs too)
         mode = None if args.compile_mode == "default" else args.compile_mode
         model.backbone.compile(mode=mode)
         model.neck.compile(mode=mode)
     timeline = Timeline()
-    if not (args.compile_head or args.compile_backbone):  # the timing hooks would be traced into the compiled regions
+    if not (args.compile or args.compile_backbone):  # the timing hooks would be traced into the compiled regions
         instrument(model, timeline)
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if not args.fp32 else contextlib.nullcontext
     host_batches = [synthetic_batch(args.batch, args.num_gt, step) for step in range(4)]
 
     def train_step(step: int) -> None:
-        if (args.compile_head or args.compile_backbone) and args.compile_mode == "reduce-overhead":
+        if (args.compile or args.compile_backbone) and args.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
         with timeline.region("data"):
             batch = to_device(host_batches[step % len(host_batches)], device)
@@ -434,7 +435,7 @@ def main() -> int:
         img = torch.randn(args.batch, CAMERAS, 3, HEIGHT, WIDTH, device=device)
 
         def backbone_step() -> None:
-            if args.compile_backbone and args.compile_mode == "reduce-overhead":
+            if (args.compile or args.compile_backbone) and args.compile_mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
             with autocast():
                 feats = model.extract_features(img)
@@ -457,7 +458,7 @@ def main() -> int:
         "gpu": name, "torch": torch.__version__, "batch": args.batch, "cameras": CAMERAS, "input": f"{WIDTH}x{HEIGHT}",
         "precision": "fp32" if args.fp32 else "bf16-autocast", "channels_last": not args.no_channels_last,
         "features_channels_last": feats_channels_last, "aggregation": "fused-triton" if fused else "grid_sample",
-        "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone, "compile_head": args.compile_head, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
+        "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
         "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
         "images_per_s": round(args.batch * CAMERAS * 1000 / step_ms, 1),
         "step_tflop": round(step_flops / 1e12, 3),
@@ -479,7 +480,7 @@ def main() -> int:
 
 # ---------------------------------------------------------------------------------------- --data real
 def real_data_steps(spec, *, steps: int, warmup: int, device: torch.device, bf16: bool = True,
-                    compile_head: bool = False) -> dict:
+                    compile: bool = False) -> dict:
     """Time the trainer's training step over the trainer's streaming loader (spec: a validated train spec).
 
     The loop is Lightning's automatic optimisation without Lightning: training_step under autocast,
@@ -497,7 +498,7 @@ def real_data_steps(spec, *, steps: int, warmup: int, device: torch.device, bf16
     data.setup("fit")
     steps_per_epoch = len(data.train_sampler())
     model = build_model(spec).to(device).train()
-    if compile_head:
+    if compile:
         from sparse4d.engine.compile import compile_regions
 
         compile_regions(model)
@@ -636,14 +637,14 @@ def real_main(args: argparse.Namespace) -> int:
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    step = real_data_steps(spec, steps=steps, warmup=warmup, device=device, bf16=not args.fp32, compile_head=args.compile_head)
+    step = real_data_steps(spec, steps=steps, warmup=warmup, device=device, bf16=not args.fp32, compile=args.compile)
     loader = loader_only_rate(spec, args.loader_batches if not args.smoke else 6)
     verdict = keeps_up(step, loader)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     record = {
         "data": "real", "device": name, "torch": torch.__version__, "batch": args.batch, "cameras": scenes.cameras,
         "input": f"{scenes.width}x{scenes.height}", "model": "small config" if args.smoke else "default config (ResNet-101, 900 anchors)",
-        "precision": spec.train.precision, "workers": workers, "compile_head": args.compile_head,
+        "precision": spec.train.precision, "workers": workers, "compile": args.compile,
         "train_frames": manifest["frames"]["train"], "data_prep_s": round(data_s, 1), "data_timings_s": manifest["timings_s"],
         **step, **loader, **verdict,
     }

@@ -1,11 +1,12 @@
-"""Regional torch.compile of the sparse head and its losses.
+"""Regional torch.compile of the training step: backbone, neck, the whole head, the decoder losses.
 
 An eager training step of the default config launches thousands of small kernels in the decoder
 layers and the per-layer losses; the host spends longer issuing them than the GPU spends running them.
-Compiling those regions (each decoder module, the anchor encoder, the two loss functions) fuses the
-small elementwise chains into a few kernels each. The backbone and neck stay eager: cuDNN convolutions
-gain nothing from it. Modules are compiled in place (`nn.Module.compile`), so state-dict keys and
-checkpoints do not change; the Hungarian solve and the Triton aggregation run between regions.
+Compiled regions fuse the elementwise chains, and with `reduce-overhead` each region replays as one
+CUDA graph. The head is one region (all decoder layers: the fused aggregation is a custom op that
+compiles through), and so are the losses of all layers; only the Hungarian solve runs between them.
+The backbone and neck are compiled too (Inductor folds BatchNorm and ReLU into few kernels). Modules
+are compiled in place (`nn.Module.compile`), so state-dict keys and checkpoints do not change.
 """
 from __future__ import annotations
 
@@ -18,21 +19,17 @@ LOG = logging.getLogger(__name__)
 
 
 def compile_regions(model: nn.Module, mode: str | None = None) -> int:
-    """Compile the head's decoder modules, anchor encoder and loss functions of a `Sparse4D`; returns
-    how many regions were wrapped. Shapes are static per config (denoising pads to a fixed query count
-    only when every sample has max_dn_gt boxes, so a few shape variants may compile). `mode` is
-    torch.compile's (None: default; "reduce-overhead" also replays each region from CUDA graphs)."""
-    regions = 0
-    for layer in model.head.layers:
-        if isinstance(layer, nn.Identity):
-            continue
-        layer.compile(mode=mode)
-        regions += 1
-    model.head.anchor_encoder.compile(mode=mode)
-    model.query_losses = torch.compile(model.query_losses, mode=mode)
-    model.denoising_losses = torch.compile(model.denoising_losses, mode=mode)
-    LOG.info("compiled %d head regions and the loss functions", regions + 1)
-    return regions + 3
+    """Compile a `Sparse4D`'s backbone, neck, head and decoder losses; returns how many regions were
+    wrapped. Shapes are static per config (denoising pads to a fixed query count only when every sample
+    has max_dn_gt boxes, so a few shape variants may compile). `mode` is torch.compile's (None: default;
+    "reduce-overhead" also replays each region from CUDA graphs)."""
+    model.backbone.compile(mode=mode)
+    model.neck.compile(mode=mode)
+    model.head.compile(mode=mode)
+    model.decoder_losses = torch.compile(model.decoder_losses, mode=mode)
+    model.match_in_forward = False  # matching starts after the head's graph, all layers at once
+    LOG.info("compiled the backbone, neck, head and decoder losses (mode %s)", mode or "default")
+    return 4
 
 
 def compile_for_training(model: nn.Module, mode: str, on_gpu: bool) -> bool:

@@ -11,20 +11,35 @@ the map read zeros.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-AggregationFn = Callable[[list[Tensor], Tensor, Tensor], Tensor]
 
 
-def deformable_aggregation(feature_maps: list[Tensor], points: Tensor, weights: Tensor) -> Tensor:
+class PackedLevels(NamedTuple):
+    """Feature maps plus the one flat buffer a fused kernel reads them from (packed once per forward)."""
+
+    maps: list[Tensor]
+    packed: Tensor
+    level_hw: list[int]  # H_0, W_0, H_1, W_1, ...
+
+
+FeatureLevels = list[Tensor] | PackedLevels
+AggregationFn = Callable[[FeatureLevels, Tensor, Tensor], Tensor]
+PackFn = Callable[[list[Tensor]], FeatureLevels]
+
+
+def deformable_aggregation(feature_maps: FeatureLevels, points: Tensor, weights: Tensor) -> Tensor:
     """Weighted sum of bilinear samples over cameras x levels x points, per channel group.
 
     feature_maps: per level (B, N, C, H_l, W_l). points: (B, Q, P, N, 2) normalised (u, v) in [0, 1].
     weights: (B, Q, N, L, P, G) with C divisible by G. Returns (B, Q, C).
     """
+    if isinstance(feature_maps, PackedLevels):
+        feature_maps = feature_maps.maps
     b, q, p, n, _ = points.shape
     groups = weights.shape[-1]
     grid = (points.permute(0, 3, 1, 2, 4).reshape(b * n, q, p, 2) * 2.0 - 1.0).to(feature_maps[0].dtype)
@@ -41,12 +56,23 @@ def deformable_aggregation(feature_maps: list[Tensor], points: Tensor, weights: 
 
 
 _fused_impl: AggregationFn | None = None
+_fused_pack: PackFn | None = None
 
 
-def set_fused_aggregation_impl(fn: AggregationFn | None) -> None:
-    """Plug in (or remove) a fused GPU kernel with the same signature as `deformable_aggregation`."""
-    global _fused_impl
+def set_fused_aggregation_impl(fn: AggregationFn | None, pack: PackFn | None = None) -> None:
+    """Plug in (or remove) a fused GPU kernel with the same signature as `deformable_aggregation`, and
+    the function that packs a forward's feature maps once for it."""
+    global _fused_impl, _fused_pack
     _fused_impl = fn
+    _fused_pack = pack if fn is not None else None
+
+
+def prepare_feature_levels(feature_maps: list[Tensor], prefer_fused: bool = True) -> FeatureLevels:
+    """What the decoder layers of one forward share: packed for the fused kernel when it will run,
+    else the maps unchanged."""
+    if prefer_fused and _fused_pack is not None and feature_maps and feature_maps[0].device.type == "cuda":
+        return _fused_pack(feature_maps)
+    return feature_maps
 
 
 def select_aggregation_impl(device: torch.device, prefer_fused: bool = True) -> AggregationFn:

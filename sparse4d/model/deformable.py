@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from sparse4d.errors import DataError
 
-from .aggregation import select_aggregation_impl
+from .aggregation import FeatureLevels, select_aggregation_impl
 from .blocks import linear_relu_ln
 from .keypoints import KeyPointsGenerator, project_points
 
@@ -82,10 +82,11 @@ class DeformableFeatureAggregation(nn.Module):
         instance_feature: Tensor,
         anchor: Tensor,
         anchor_embed: Tensor,
-        feature_maps: list[Tensor],
+        feature_maps: FeatureLevels,
         projection_mat: Tensor,
         image_wh: Tensor,
     ) -> Tensor:
+        """feature_maps: per level (B, N, C, H, W), or packed once per forward (`prepare_feature_levels`)."""
         n = projection_mat.shape[1]
         if not torch.jit.is_tracing() and n > self.max_num_cams:  # static shape check, skipped while tracing
             raise DataError(f"the batch has {n} cameras but the model supports at most {self.max_num_cams}", key="model.head.deformable_model.max_num_cams")

@@ -13,8 +13,10 @@ serialises them. Here
   * one program per pixel sums its segment (grad_out x weight x coefficient) and writes that pixel's
     gradient once. Pixels nobody touched get zeros from the same write, so no memset is needed.
 
-Each call first copies the levels into one flat channels-last (B, N, H, W, C) buffer, so the kernels
-address every level from one pointer by offsets that depend only on shapes (`_pack_levels`).
+The levels are first copied into one flat channels-last (B, N, H, W, C) buffer, so the kernels
+address every level from one pointer by offsets that depend only on shapes (`pack_feature_levels`,
+once per head forward). The kernels run inside two `torch.library` custom ops (forward, backward), so
+torch.compile traces a whole decoder through them without a graph break.
 
 This module imports on machines without CUDA or Triton; `enable_fused_aggregation()` then returns
 False and the grid_sample reference stays in use.
@@ -24,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .aggregation import deformable_aggregation, set_fused_aggregation_impl
+from .aggregation import FeatureLevels, PackedLevels, deformable_aggregation, set_fused_aggregation_impl
 
 try:  # Triton is optional: CPU-only installs have none.
     import triton
@@ -34,8 +36,8 @@ except ImportError:  # pragma: no cover - depends on the installation
     tl = None
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_META_COLUMNS = 4  # per level: element offset in the packed buffer, H, W, first pixel index in the grad buffer
-_OFFSET_ALIGN = 16  # elements; lets Triton use 16-byte loads along channels
+_META_COLUMNS = 4  # per level: element offset in the packed buffer, H, W, first pixel index
+_CHANNEL_ALIGN = 16  # channels; every level then starts 16-element aligned (16-byte loads along channels)
 
 
 def triton_available() -> bool:
@@ -51,60 +53,165 @@ def enable_fused_aggregation() -> bool:
     """Plug the kernel into `aggregation.select_aggregation_impl`; False (and no change) when unavailable."""
     if not fused_aggregation_available():
         return False
-    set_fused_aggregation_impl(fused_deformable_aggregation)
+    set_fused_aggregation_impl(fused_deformable_aggregation, pack_feature_levels)
     return True
 
 
-def fused_deformable_aggregation(feature_maps: list[Tensor], points: Tensor, weights: Tensor) -> Tensor:
-    """Drop-in for `deformable_aggregation`; falls back to it where the kernel cannot run."""
-    if not _kernel_applies(feature_maps, points, weights):
+def fused_deformable_aggregation(feature_maps: FeatureLevels, points: Tensor, weights: Tensor) -> Tensor:
+    """Drop-in for `deformable_aggregation`; falls back to it where the kernel cannot run. Given the
+    maps as a list it packs them first; the head packs once per forward (`pack_feature_levels`)."""
+    levels = feature_maps if isinstance(feature_maps, PackedLevels) else pack_feature_levels(feature_maps)
+    if not isinstance(levels, PackedLevels) or not _kernel_applies(levels.maps, points, weights):
         return deformable_aggregation(feature_maps, points, weights)
-    return _FusedAggregation.apply(points, weights, *feature_maps)
+    return torch.ops.sparse4d.aggregate_packed(levels.packed, points, weights, levels.level_hw)
 
 
 def _kernel_applies(feature_maps: list[Tensor], points: Tensor, weights: Tensor) -> bool:
-    if triton is None or not feature_maps or not points.is_cuda:
+    if not _maps_fit_kernel(feature_maps) or not points.is_cuda:
         return False
-    dtype = feature_maps[0].dtype
-    if dtype not in _SUPPORTED_DTYPES or points.dtype not in _SUPPORTED_DTYPES or weights.dtype not in _SUPPORTED_DTYPES:
+    if points.dtype not in _SUPPORTED_DTYPES or weights.dtype not in _SUPPORTED_DTYPES:
         return False
     b, q, p, n, two = points.shape
     if two != 2 or weights.shape[:5] != (b, q, n, len(feature_maps), p):
         return False
     if b * q * p * n * len(feature_maps) * 4 >= 2**31:
         return False  # entry indices are int32 inside the kernels
-    c = feature_maps[0].shape[2]
-    for feat in feature_maps:
-        if feat.dim() != 5 or feat.shape[:3] != (b, n, c) or feat.dtype != dtype or feat.device != points.device:
-            return False
-    return c % weights.shape[-1] == 0
+    if feature_maps[0].shape[:2] != (b, n) or feature_maps[0].device != points.device:
+        return False
+    return feature_maps[0].shape[2] % weights.shape[-1] == 0
+
+
+def _maps_fit_kernel(feature_maps: list[Tensor]) -> bool:
+    """Maps the kernels can address: CUDA, one supported dtype, (B, N, C, H, W) with shared B, N, C
+    and C a multiple of 16 (every level then starts 16-element aligned in the packed buffer)."""
+    if triton is None or not feature_maps or not feature_maps[0].is_cuda:
+        return False
+    first = feature_maps[0]
+    if first.dtype not in _SUPPORTED_DTYPES or first.dim() != 5 or first.shape[2] % _CHANNEL_ALIGN:
+        return False
+    return all(f.dim() == 5 and f.shape[:3] == first.shape[:3] and f.dtype == first.dtype and f.device == first.device for f in feature_maps)
 
 
 # ----------------------------------------------------------------------------------------------------
-# Layout helpers (host side)
+# Packing (traceable PyTorch, so torch.compile fuses it) and the custom ops around the kernels
 
 
-def _pack_levels(feature_maps: tuple[Tensor, ...] | list[Tensor]) -> tuple[Tensor, Tensor, int]:
-    """All levels copied into one flat channels-last buffer (level after level, each (B, N, H, W, C) at a
-    16-element-aligned offset), its level table, and the pixel count of all levels.
+def pack_feature_levels(feature_maps: list[Tensor]) -> FeatureLevels:
+    """The levels as one flat channels-last buffer, level after level, each (B, N, H, W, C); the list
+    unchanged when the kernel cannot read them.
 
-    The kernels see one base pointer and offsets that depend only on shapes. Offsets between separately
-    allocated maps would break whenever the maps are moved (CUDA-graph replays copy their inputs into
-    static buffers; compiled regions hand over their own outputs). The copy costs about 0.2 ms per 100 MB
-    of maps on an H100 (0.7 ms at batch 2 of the default config).
+    The kernels see one base pointer and offsets that depend only on shapes (safe under CUDA-graph
+    replays and compiled regions, which move tensors). Packing is a copy (about 0.7 ms at batch 2 of the
+    default config on an H100), so the head packs once per forward for all decoder layers; autograd
+    sums the layers' gradients in the packed layout and unpacks them once.
     """
-    b, n, c = feature_maps[0].shape[:3]
+    if not _maps_fit_kernel(feature_maps):
+        return feature_maps
+    packed = torch.cat([f.permute(0, 1, 3, 4, 2).reshape(-1) for f in feature_maps])
+    level_hw = [size for f in feature_maps for size in (f.shape[3], f.shape[4])]
+    return PackedLevels(list(feature_maps), packed, level_hw)
+
+
+def _level_rows(level_hw: list[int], batch: int, cams: int, channels: int) -> tuple[list[list[int]], int]:
+    """Per level [element offset in the packed buffer, H, W, first pixel index], and the pixel count."""
     rows: list[list[int]] = []
-    offset = pixel_base = 0
-    for feat in feature_maps:
-        h, w = feat.shape[3], feat.shape[4]
-        rows.append([offset, h, w, pixel_base])
-        offset += -(-(b * n * h * w * c) // _OFFSET_ALIGN) * _OFFSET_ALIGN
-        pixel_base += b * n * h * w
-    packed = torch.empty(offset, device=feature_maps[0].device, dtype=feature_maps[0].dtype)
-    for (start, h, w, _), feat in zip(rows, feature_maps):
-        packed[start : start + b * n * h * w * c].view(b, n, h, w, c).copy_(feat.permute(0, 1, 3, 4, 2))
-    return packed, _table_tensor(rows, packed.device), pixel_base
+    pixel_base = 0
+    for h, w in zip(level_hw[0::2], level_hw[1::2]):
+        rows.append([pixel_base * channels, h, w, pixel_base])
+        pixel_base += batch * cams * h * w
+    return rows, pixel_base
+
+
+def _packed_channels(packed: Tensor, points: Tensor, level_hw: list[int]) -> int:
+    b, n = points.shape[0], points.shape[3]
+    return packed.numel() // (b * n * sum(h * w for h, w in zip(level_hw[0::2], level_hw[1::2])))
+
+
+@torch.library.custom_op("sparse4d::aggregate_packed", mutates_args=())
+def _aggregate_packed(packed: Tensor, points: Tensor, weights: Tensor, level_hw: list[int]) -> Tensor:
+    """Forward kernel on packed levels: (B, Q, C) in the maps' dtype."""
+    b, q, p, n, _ = points.shape
+    groups = weights.shape[-1]
+    c = _packed_channels(packed, points, level_hw)
+    rows, _ = _level_rows(level_hw, b, n, c)
+    table = _table_tensor(rows, packed.device)
+    out = torch.empty(b, q, c, device=points.device, dtype=packed.dtype)
+    block_g = _next_pow2(groups) if FORWARD_GROUPS_PER_PROGRAM <= 0 else _next_pow2(FORWARD_GROUPS_PER_PROGRAM)
+    grid = (b * q, triton.cdiv(groups, block_g))
+    _forward_kernel[grid](
+        packed, table, points.contiguous(), weights.contiguous(), out, q, n, len(rows),
+        P=p, G=groups, CG=c // groups, BLOCK_P=_next_pow2(p), BLOCK_G=block_g, BLOCK_CG=_next_pow2(c // groups),
+        num_warps=FORWARD_WARPS,
+    )
+    return out
+
+
+@_aggregate_packed.register_fake
+def _aggregate_packed_shape(packed: Tensor, points: Tensor, weights: Tensor, level_hw: list[int]) -> Tensor:
+    b, q = points.shape[:2]
+    return packed.new_empty(b, q, _packed_channels(packed, points, level_hw))
+
+
+@torch.library.custom_op("sparse4d::aggregate_packed_backward", mutates_args=())
+def _aggregate_packed_backward(
+    packed: Tensor, points: Tensor, weights: Tensor, grad_out: Tensor, level_hw: list[int]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(grad of packed, grad of points, grad of weights), each in its input's dtype."""
+    b, q, p, n, _ = points.shape
+    groups = weights.shape[-1]
+    c = _packed_channels(packed, points, level_hw)
+    cg = c // groups
+    device = points.device
+    rows, total_pixels = _level_rows(level_hw, b, n, c)
+    table = _table_tensor(rows, device)
+    points = points.contiguous()
+    weights = weights.contiguous()
+    grad_out = grad_out.contiguous()
+    grad_points = torch.empty(points.shape, device=device, dtype=torch.float32)
+    grad_weights = torch.empty(weights.shape, device=device, dtype=torch.float32)
+    entries = b * q * p * n * len(rows) * 4
+    key_dtype = torch.int32 if total_pixels < 2**31 - 1 else torch.int64
+    keys = torch.empty(entries, device=device, dtype=key_dtype)
+    coefs = torch.empty(entries, device=device, dtype=torch.float32)
+    _query_backward_kernel[(b * q,)](
+        packed, table, points, weights, grad_out, grad_points, grad_weights, keys, coefs,
+        q, n, len(rows), total_pixels,
+        P=p, G=groups, CG=cg, BLOCK_P=_next_pow2(p), BLOCK_G=_next_pow2(groups), BLOCK_CG=_next_pow2(cg),
+        num_warps=BACKWARD_WARPS,
+    )
+    sorted_keys, order = torch.sort(keys, stable=True)
+    # Key total_pixels marks corners outside every map; it sorts last and belongs to no pixel.
+    bounds = torch.arange(total_pixels + 1, device=device, dtype=key_dtype)
+    seg_start = torch.searchsorted(sorted_keys, bounds)
+    grad_packed = torch.empty(packed.shape, device=device, dtype=packed.dtype)
+    _pixel_backward_kernel[(total_pixels,)](
+        seg_start, order, coefs, weights, grad_out, grad_packed, q, n, len(rows),
+        P=p, G=groups, CG=cg, BLOCK_E=PIXEL_BLOCK_ENTRIES, BLOCK_G=_next_pow2(groups), BLOCK_CG=_next_pow2(cg),
+        num_warps=PIXEL_WARPS,
+    )
+    return grad_packed, grad_points.to(points.dtype), grad_weights.to(weights.dtype)
+
+
+@_aggregate_packed_backward.register_fake
+def _aggregate_packed_backward_shape(
+    packed: Tensor, points: Tensor, weights: Tensor, grad_out: Tensor, level_hw: list[int]
+) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.empty_like(packed), torch.empty_like(points), torch.empty_like(weights)
+
+
+def _save_for_backward(ctx, inputs: tuple, output: Tensor) -> None:
+    packed, points, weights, level_hw = inputs
+    ctx.save_for_backward(packed, points, weights)
+    ctx.level_hw = level_hw
+
+
+def _backward(ctx, grad_out: Tensor):
+    packed, points, weights = ctx.saved_tensors
+    grads = torch.ops.sparse4d.aggregate_packed_backward(packed, points, weights, grad_out, ctx.level_hw)
+    return grads[0], grads[1], grads[2], None
+
+
+_aggregate_packed.register_autograd(_backward, setup_context=_save_for_backward)
 
 
 @torch.compiler.disable  # host-side table building: pinned copies and capture checks do not trace
@@ -138,72 +245,6 @@ FORWARD_GROUPS_PER_PROGRAM = 0  # 0 = all groups in one program
 BACKWARD_WARPS = 8
 PIXEL_WARPS = 1
 PIXEL_BLOCK_ENTRIES = 2
-
-
-class _FusedAggregation(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, points: Tensor, weights: Tensor, *feature_maps: Tensor) -> Tensor:  # type: ignore[override]
-        b, q, p, n, _ = points.shape
-        num_levels = len(feature_maps)
-        groups = weights.shape[-1]
-        c = feature_maps[0].shape[2]
-        cg = c // groups
-        packed, table, ctx.total_pixels = _pack_levels(feature_maps)
-        points_c = points.contiguous()
-        weights_c = weights.contiguous()
-        out = torch.empty(b, q, c, device=points.device, dtype=feature_maps[0].dtype)
-        block_g = _next_pow2(groups) if FORWARD_GROUPS_PER_PROGRAM <= 0 else _next_pow2(FORWARD_GROUPS_PER_PROGRAM)
-        grid = (b * q, triton.cdiv(groups, block_g))
-        _forward_kernel[grid](
-            packed, table, points_c, weights_c, out, q, n, num_levels,
-            P=p, G=groups, CG=cg, BLOCK_P=_next_pow2(p), BLOCK_G=block_g, BLOCK_CG=_next_pow2(cg),
-            num_warps=FORWARD_WARPS,
-        )
-        ctx.save_for_backward(points_c, weights_c, packed, table)
-        ctx.shapes = [tuple(f.shape) for f in feature_maps]
-        ctx.points_dtype = points.dtype
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
-        points, weights, packed, table = ctx.saved_tensors
-        b, q, p, n, _ = points.shape
-        num_levels = len(ctx.shapes)
-        groups = weights.shape[-1]
-        c = ctx.shapes[0][2]
-        cg = c // groups
-        device = points.device
-        total_pixels = ctx.total_pixels
-        grad_out = grad_out.contiguous()
-        grad_points = torch.empty(points.shape, device=device, dtype=torch.float32)
-        grad_weights = torch.empty(weights.shape, device=device, dtype=torch.float32)
-        entries = b * q * p * n * num_levels * 4
-        key_dtype = torch.int32 if total_pixels < 2**31 - 1 else torch.int64
-        keys = torch.empty(entries, device=device, dtype=key_dtype)
-        coefs = torch.empty(entries, device=device, dtype=torch.float32)
-        _query_backward_kernel[(b * q,)](
-            packed, table, points, weights, grad_out, grad_points, grad_weights, keys, coefs,
-            q, n, num_levels, total_pixels,
-            P=p, G=groups, CG=cg, BLOCK_P=_next_pow2(p), BLOCK_G=_next_pow2(groups), BLOCK_CG=_next_pow2(cg),
-            num_warps=BACKWARD_WARPS,
-        )
-        sorted_keys, order = torch.sort(keys, stable=True)
-        # Key total_pixels marks corners outside every map; it sorts last and belongs to no pixel.
-        bounds = torch.arange(total_pixels + 1, device=device, dtype=key_dtype)
-        seg_start = torch.searchsorted(sorted_keys, bounds)
-        grad_buffer = torch.empty(total_pixels * c, device=device, dtype=packed.dtype)
-        _pixel_backward_kernel[(total_pixels,)](
-            seg_start, order, coefs, weights, grad_out, grad_buffer, q, n, num_levels,
-            P=p, G=groups, CG=cg, BLOCK_E=PIXEL_BLOCK_ENTRIES, BLOCK_G=_next_pow2(groups), BLOCK_CG=_next_pow2(cg),
-            num_warps=PIXEL_WARPS,
-        )
-        grad_maps = []
-        start = 0
-        for (_, _, _, h, w) in ctx.shapes:
-            size = b * n * h * w * c
-            grad_maps.append(grad_buffer[start:start + size].view(b, n, h, w, c).permute(0, 1, 4, 2, 3))
-            start += size
-        return (grad_points.to(ctx.points_dtype), grad_weights.to(weights.dtype), *grad_maps)
 
 
 # ----------------------------------------------------------------------------------------------------

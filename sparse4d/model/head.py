@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from .aggregation import prepare_feature_levels
 from .anchor_encoder import AnchorEncoder
 from .attention import InstanceAttention
 from .blocks import AsymmetricFFN
@@ -118,6 +119,7 @@ class Sparse4DHead(nn.Module):
             anchor = torch.cat([anchor, dn.anchors.to(anchor.dtype)], dim=1)
             feature = torch.cat([feature, feature.new_zeros(b, dn.num_queries, feature.shape[-1])], dim=1)
         mask = attention_mask(a, dn, b, anchor.device)
+        levels = prepare_feature_levels(feature_maps, any(getattr(layer, "prefer_fused", False) for layer in self.layers))
         anchor_embed = self.anchor_encoder(anchor)
         temp_anchor_embed = self.anchor_encoder(carried_anchor) if self.temporal else None
         out = HeadOutput(dn=dn)
@@ -134,7 +136,7 @@ class Sparse4DHead(nn.Module):
             elif op in ("norm", "ffn"):
                 feature = layer(feature)
             elif op == "deformable":
-                feature = layer(feature, anchor, anchor_embed, feature_maps, projection_mat, image_wh)
+                feature = layer(feature, anchor, anchor_embed, levels, projection_mat, image_wh)
             elif op == "refine":
                 anchor, cls, quality = layer(feature, anchor, anchor_embed, time_interval)
                 out.prediction.append(anchor)

@@ -94,6 +94,9 @@ class Sparse4D(nn.Module):
         self.loss_settings = losses
         self.denoising = denoising
         self.return_feature = return_feature
+        # start each layer's Hungarian matching from inside the head as soon as its outputs are queued;
+        # off when the head is compiled as one region (a host callback would split its graph)
+        self.match_in_forward = True
         self._state: InstanceBankState | None = None
         self._carried_dn: CarriedDenoising | None = None
         # training only: which queries are carried to the next frame, and the GT instance id each was matched to
@@ -361,9 +364,10 @@ class Sparse4D(nn.Module):
         if gt is not None:
             if pending_dn is not None:
                 head_kwargs.update(self._denoising_inputs(pending_dn.finish(), gt, b))
-            matcher = self._layer_matcher(gt)
-            a = self.head.instance_bank.num_anchor
-            head_kwargs["on_layer"] = lambda cls, box: matcher.add_layer(cls[:, :a], box[:, :a])
+            if self.match_in_forward:
+                matcher = self._layer_matcher(gt)
+                a = self.head.instance_bank.num_anchor
+                head_kwargs["on_layer"] = lambda cls, box: matcher.add_layer(cls[:, :a], box[:, :a])
         head_out, decoded, new_state = self._run_frame(feats, projection_mat, image_wh, time_interval, first_frame, state, timestamp, **head_kwargs)
         self._state = new_state.kept()
         if self.training:
@@ -499,7 +503,7 @@ class Sparse4D(nn.Module):
         out.update(self._box_losses(box, box_targets.to(box.dtype), labels, quality, num_pos, pos, ""))
         return out
 
-    def _keep_carried_targets(self, assigned: Tensor, ids: Tensor | None, temporal_mask: Tensor | None) -> Tensor:
+    def _keep_carried_targets(self, assigned: Tensor, carried: Tensor | None, ids: Tensor | None, temporal_mask: Tensor | None) -> Tensor:
         """Track-consistent matching: a carried query keeps the object its previous-frame query was matched to.
 
         In every layer after the merge, carried query j whose object is still annotated is assigned to it;
@@ -507,8 +511,8 @@ class Sparse4D(nn.Module):
         to the solver; then it may hand each object to a fresh query every frame, the model learns to
         score carried instances as background and no track ID survives a frame (AMOTA 0 on our synthetic
         benchmark; see benchmarks/README.md, tracking). Only the targets change, never the queries.
+        carried: (B, T) GT instance id each carried query's previous query was matched to, or -1.
         """
-        carried = self._carried_targets
         if carried is None or ids is None or temporal_mask is None or ids.shape[1] == 0 or carried.shape[0] != assigned.shape[1]:
             return assigned
         t = carried.shape[1]
@@ -544,25 +548,47 @@ class Sparse4D(nn.Module):
         which the forward started layer by layer."""
         device = out["prediction"][0].device
         gt = out.get("targets") or self._targets(batch, device)
-        a = self.head.instance_bank.num_anchor
         assigned, gt_labels, gt_anchors = self._match_all_layers(out, gt)
         ids = pad_sequence(gt["ids"], batch_first=True, padding_value=-2) if gt["ids"] else None
-        assigned = self._keep_carried_targets(assigned, ids, out.get("temporal_mask"))
-        self._remember_carried_targets(assigned[-1], ids)
-        losses: dict[str, Tensor] = {}
         layer_dn = out.get("layer_dn") or [out.get("dn")] * len(out["prediction"])
-        for layer, (cls, box, quality, dn) in enumerate(zip(out["classification"], out["prediction"], out["quality"], layer_dn)):
-            q = None if quality is None else quality[:, :a]
-            for name, value in self.query_losses(cls[:, :a], box[:, :a], q, assigned[layer], gt_labels, gt_anchors).items():
-                losses[f"{name}_{layer}"] = value
-            if dn is not None and cls.shape[1] > a:
-                qd = None if quality is None else quality[:, a:]
-                for name, value in self.denoising_losses(cls[:, a:], box[:, a:], qd, dn.valid, dn.cls_targets, dn.box_targets).items():
-                    losses[f"{name}_dn_{layer}"] = value
+        losses, final = self.decoder_losses(
+            out["classification"], out["prediction"], out["quality"], layer_dn, assigned, gt_labels, gt_anchors,
+            self._carried_targets, ids, out.get("temporal_mask"),
+        )
+        self._remember_carried_targets(final, ids)
+        losses = dict(losses)
         if "depths" in out and self.depth_branch is not None:
             losses["loss_depth"] = self.depth_branch.loss(out["depths"], batch["gt_depth"].to(device=device, dtype=torch.float32))
         losses["loss"] = torch.stack(list(losses.values())).sum()
         return losses
+
+    def decoder_losses(
+        self,
+        classification: list[Tensor],
+        prediction: list[Tensor],
+        quality: list[Tensor | None],
+        layer_dn: list[DenoisingQueries | None],
+        assigned: Tensor,
+        gt_labels: Tensor,
+        gt_anchors: Tensor,
+        carried_targets: Tensor | None,
+        ids: Tensor | None,
+        temporal_mask: Tensor | None,
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """Every decoder layer's losses from the solver's assignment (L, B, A), and the last layer's final
+        assignment. Tensors in, tensors out, no host syncs: `compile_regions` compiles it as one region."""
+        a = self.head.instance_bank.num_anchor
+        assigned = self._keep_carried_targets(assigned, carried_targets, ids, temporal_mask)
+        losses: dict[str, Tensor] = {}
+        for layer, (cls, box, qual, dn) in enumerate(zip(classification, prediction, quality, layer_dn)):
+            q = None if qual is None else qual[:, :a]
+            for name, value in self.query_losses(cls[:, :a], box[:, :a], q, assigned[layer], gt_labels, gt_anchors).items():
+                losses[f"{name}_{layer}"] = value
+            if dn is not None and cls.shape[1] > a:
+                qd = None if qual is None else qual[:, a:]
+                for name, value in self.denoising_losses(cls[:, a:], box[:, a:], qd, dn.valid, dn.cls_targets, dn.box_targets).items():
+                    losses[f"{name}_dn_{layer}"] = value
+        return losses, assigned[-1]
 
     # ------------------------------------------------------------------ export helpers
     def example_inputs(self, batch_size: int = 1, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, InstanceBankState]:

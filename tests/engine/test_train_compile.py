@@ -60,3 +60,35 @@ def test_reduce_overhead_training_validates_and_checkpoints(converted, tmp_path:
     assert [e["status"] for e in events] == ["STARTED", "RUNNING", "RUNNING", "SUCCESS"]
     for event in events[1:3]:
         assert math.isfinite(event["kpi"]["loss"]) and 0.0 <= event["kpi"]["val_mAP"] <= 1.0
+
+
+def test_head_and_losses_trace_into_one_graph_each(tmp_path: Path) -> None:
+    """What `compile_regions` relies on: the whole head (all decoder layers, denoising and carried groups)
+    and the losses of all layers trace without a graph break, on a first and on a later frame."""
+    import torch._dynamo as dynamo
+
+    from tests.model.model_helpers import synthetic_batch
+
+    torch.manual_seed(0)
+    model = small_model(tmp_path).train()
+    model.match_in_forward = False
+    head_forward, decoder_losses = model.head.forward, model.decoder_losses
+    calls: dict[str, tuple] = {}
+
+    def record_head(*args, **kwargs):
+        calls["head"] = (args, kwargs)
+        return head_forward(*args, **kwargs)
+
+    def record_losses(*args):
+        calls["losses"] = (args, {})
+        return decoder_losses(*args)
+
+    model.head.forward, model.decoder_losses = record_head, record_losses
+    for frame in range(2):
+        batch = synthetic_batch(2, first_frame=frame == 0, timestamp=0.1 * frame, seed=frame)
+        model.loss(model(batch), batch)["loss"].backward()
+        for name, fn in (("head", head_forward), ("losses", decoder_losses)):
+            args, kwargs = calls[name]
+            explained = dynamo.explain(fn)(*args, **kwargs)
+            assert (explained.graph_count, explained.graph_break_count) == (1, 0), (frame, name, explained.break_reasons)
+    assert calls["head"][1].get("carried_dn") is not None  # the later frame did carry denoising groups

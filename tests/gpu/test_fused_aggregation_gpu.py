@@ -120,3 +120,51 @@ def test_enable_plugs_into_the_seam() -> None:
         assert select_aggregation_impl(torch.device("cpu")) is deformable_aggregation
     finally:
         set_fused_aggregation_impl(None)
+
+
+def test_levels_pack_channels_last_level_after_level() -> None:
+    from sparse4d.model.aggregation import PackedLevels
+    from sparse4d.model.fused_aggregation import pack_feature_levels
+
+    feats, _, _ = make_inputs(3)
+    levels = pack_feature_levels(feats)
+    assert isinstance(levels, PackedLevels) and levels.level_hw == [s for hw in SIZES for s in hw]
+    start = 0
+    for feat in feats:
+        assert torch.equal(levels.packed[start:start + feat.numel()], feat.permute(0, 1, 3, 4, 2).reshape(-1))
+        start += feat.numel()
+    assert start == levels.packed.numel()
+
+
+def test_custom_ops_pass_opcheck() -> None:
+    """Schema, fake (meta) shapes and the autograd registration agree with the kernels."""
+    from sparse4d.model.fused_aggregation import pack_feature_levels
+
+    feats, points, weights = make_inputs(4, q=9)
+    levels = pack_feature_levels(feats)
+    args = (levels.packed.requires_grad_(), points.requires_grad_(), weights.requires_grad_(), levels.level_hw)
+    torch.library.opcheck(torch.ops.sparse4d.aggregate_packed.default, args)
+    grad = torch.randn(points.shape[0], points.shape[1], feats[0].shape[2], device="cuda")
+    torch.library.opcheck(torch.ops.sparse4d.aggregate_packed_backward.default,
+                          (levels.packed.detach(), points.detach(), weights.detach(), grad, levels.level_hw))
+
+
+def test_compiles_into_one_graph_with_the_same_values() -> None:
+    """torch.compile(fullgraph=True) traces packing and the custom op: no graph break, same outputs and grads."""
+    from sparse4d.model.fused_aggregation import pack_feature_levels
+
+    feats, points, weights = make_inputs(5, channels_last=True)
+
+    def aggregate(maps, pts, wts):
+        return fused_deformable_aggregation(pack_feature_levels(maps), pts, wts)
+
+    compiled = torch.compile(aggregate, fullgraph=True)
+    results = []
+    for fn in (aggregate, compiled):
+        fs = [f.detach().clone().requires_grad_() for f in feats]
+        pt, wt = points.detach().clone().requires_grad_(), weights.detach().clone().requires_grad_()
+        out = fn(fs, pt, wt)
+        out.backward(torch.ones_like(out))
+        results.append([out, pt.grad, wt.grad, *[f.grad for f in fs]])
+    for eager_value, compiled_value in zip(*results):
+        assert torch.allclose(eager_value, compiled_value, rtol=1e-5, atol=1e-5)

@@ -31,12 +31,13 @@ def test_mismatched_shapes_are_not_sent_to_the_kernel() -> None:
     assert not fused_aggregation._kernel_applies(feats, points, torch.zeros(1, 4, 2, 1, 3, 3))  # 8 % 3 != 0
 
 
-def test_levels_pack_into_one_aligned_channels_last_buffer() -> None:
-    g = torch.Generator().manual_seed(0)
-    feats = [torch.randn(2, 3, 5, 7, 9, generator=g), torch.randn(2, 3, 5, 3, 2, generator=g)]  # C=5: unaligned sizes
-    packed, table, pixels = fused_aggregation._pack_levels(feats)
+def test_level_table_addresses_each_level_after_the_previous_one() -> None:
+    rows, pixels = fused_aggregation._level_rows([7, 9, 3, 2], batch=2, cams=3, channels=16)
     assert pixels == 2 * 3 * (7 * 9 + 3 * 2)
-    assert table.tolist() == [[0, 7, 9, 0], [1904, 3, 2, 2 * 3 * 7 * 9]]  # 2*3*7*9*5 = 1890 elements, padded to 16
-    for (offset, h, w, _), feat in zip(table.tolist(), feats):
-        level = packed[offset : offset + feat.numel()].view(2, 3, h, w, 5)
-        assert torch.equal(level, feat.permute(0, 1, 3, 4, 2))
+    assert rows == [[0, 7, 9, 0], [2 * 3 * 7 * 9 * 16, 3, 2, 2 * 3 * 7 * 9]]
+
+
+def test_maps_the_kernel_cannot_read_stay_unpacked() -> None:
+    on_cpu = [torch.zeros(1, 2, 16, 5, 7)]
+    assert fused_aggregation.pack_feature_levels(on_cpu) is on_cpu
+    assert not fused_aggregation._maps_fit_kernel([torch.zeros(1, 2, 8, 5, 7)])  # C=8: levels would start unaligned

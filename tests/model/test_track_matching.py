@@ -28,7 +28,7 @@ def test_carried_query_takes_back_its_object_and_the_displaced_query_swaps(model
     assigned = torch.full((layers, 1, a), -1, dtype=torch.int64)
     assigned[:, 0, 0] = 0  # the solver gave carried query 0 the other object...
     assigned[:, 0, t + 2] = 1  # ...and instance 5 to a fresh query
-    out = model._keep_carried_targets(assigned, ids, torch.tensor([True]))
+    out = model._keep_carried_targets(assigned, model._carried_targets, ids, torch.tensor([True]))
     single = model.head.num_single_frame_decoder
     assert torch.equal(out[:single], assigned[:single])  # before the merge nothing is carried
     for layer in range(single, layers):
@@ -43,10 +43,10 @@ def test_no_history_or_vanished_object_leaves_the_solver_alone(model: Sparse4D) 
     layers = len([op for op in model.head.operation_order if op == "refine"])
     model._carried_targets = torch.full((1, t), 9, dtype=torch.int64)  # instance 9 left the scene
     assigned = torch.randint(-1, 2, (layers, 1, a))
-    out = model._keep_carried_targets(assigned, torch.tensor([[7, 5]]), torch.tensor([True]))
+    out = model._keep_carried_targets(assigned, model._carried_targets, torch.tensor([[7, 5]]), torch.tensor([True]))
     assert torch.equal(out, assigned)
     model._carried_targets[0, 0] = 5
-    out = model._keep_carried_targets(assigned, torch.tensor([[7, 5]]), torch.tensor([False]))  # slot restarted
+    out = model._keep_carried_targets(assigned, model._carried_targets, torch.tensor([[7, 5]]), torch.tensor([False]))  # slot restarted
     assert torch.equal(out, assigned)
 
 
