@@ -300,6 +300,9 @@ def main() -> int:
     parser.add_argument("--compile-backbone", action="store_true", help="torch.compile only the backbone+neck (in --compile-mode), also in the backbone-only step")
     parser.add_argument("--compile", action="store_true",
                         help="what train.compile does (sparse4d.engine.compile): backbone, neck, whole head, decoder losses; no time split")
+    parser.add_argument("--head-as-one-graph", action="store_true",
+                        help="with --compile: the whole head captured as one CUDA graph (torch.compile backend 'cudagraphs', eager kernels, no Inductor) "
+                             "instead of compiled decoder modules")
     parser.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"), default="default",
                         help="torch.compile mode for --compile / --compile-backbone (reduce-overhead: CUDA graphs per region)")
     parser.add_argument("--flops-tflop", type=float, default=0.0, help="FLOPs per step from an eager run (for MFU with --compile)")
@@ -341,7 +344,16 @@ def main() -> int:
     if args.compile:
         from sparse4d.engine.compile import compile_regions
 
-        compile_regions(model, None if args.compile_mode == "default" else args.compile_mode)
+        mode = None if args.compile_mode == "default" else args.compile_mode
+        if args.head_as_one_graph:  # the experiment: Inductor backbone, neck and losses; the head one eager-kernel graph
+            for module in (model.backbone, model.neck):
+                module.compile(mode=mode)
+            model.query_losses = torch.compile(model.query_losses, mode=mode)
+            model.denoising_losses = torch.compile(model.denoising_losses, mode=mode)
+            model.head.compile(backend="cudagraphs")
+            model.match_in_forward = False
+        else:
+            compile_regions(model, mode)
     elif args.compile_backbone:  # in place, in --compile-mode (reduce-overhead: the backbone+neck step replays CUDA graphs too)
         mode = None if args.compile_mode == "default" else args.compile_mode
         model.backbone.compile(mode=mode)
@@ -373,10 +385,15 @@ def main() -> int:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
-    for step in range(args.warmup):
+    for step in range(args.warmup):  # compiled runs compile here (minutes): report progress
+        begin = time.perf_counter()
         train_step(step)
-    torch.cuda.synchronize()
-    feat_probe = model.extract_features(torch.zeros(1, CAMERAS, 3, HEIGHT, WIDTH, device=device))
+        torch.cuda.synchronize()
+        print(f"warm-up step {step}: {time.perf_counter() - begin:.1f} s", file=sys.stderr, flush=True)
+    from sparse4d.engine.compile import eager_regions
+
+    with torch.no_grad(), eager_regions():  # a probe of another shape must not recompile the regions
+        feat_probe = model.extract_features(torch.zeros(1, CAMERAS, 3, HEIGHT, WIDTH, device=device))
     feats_channels_last = bool(feat_probe[0].stride(2) == 1)
     del feat_probe
 
@@ -458,7 +475,7 @@ def main() -> int:
         "gpu": name, "torch": torch.__version__, "batch": args.batch, "cameras": CAMERAS, "input": f"{WIDTH}x{HEIGHT}",
         "precision": "fp32" if args.fp32 else "bf16-autocast", "channels_last": not args.no_channels_last,
         "features_channels_last": feats_channels_last, "aggregation": "fused-triton" if fused else "grid_sample",
-        "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
+        "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
         "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
         "images_per_s": round(args.batch * CAMERAS * 1000 / step_ms, 1),
         "step_tflop": round(step_flops / 1e12, 3),
