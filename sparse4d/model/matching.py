@@ -3,10 +3,15 @@
 Cost = focal classification cost x cls_weight + weighted L1 box cost x box_weight, as Sparse4D's
 SparseBox3DTarget defines it; the assignment is scipy's linear_sum_assignment, which needs the costs
 on the host. `LayerMatcher` starts each decoder layer's copy as soon as that layer's outputs exist
-(`HostCopy`: pinned memory, non-blocking, an event), so while the host solves early layers the GPU
-is still computing later ones, instead of idling through every solve after the forward.
+(`HostCopy`: pinned memory, non-blocking, an event) and hands its solve to a thread pool right away:
+the worker waits for the copy and solves while the main thread keeps queuing GPU work (both the wait
+and scipy's solver release the GIL). Solved one after the other on the main thread, the 12 problems
+of a default batch-2 step (900 queries x 128 GT) left the GPU idle for about 25 ms per step.
 """
 from __future__ import annotations
+
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -97,12 +102,27 @@ class HostCopy:
         return self._host.numpy()
 
 
+_solver_pool: ThreadPoolExecutor | None = None
+
+
+def solver_pool() -> ThreadPoolExecutor:
+    """The process's Hungarian workers (created on first use, so forked data workers never own one)."""
+    global _solver_pool
+    if _solver_pool is None:
+        _solver_pool = ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1)), thread_name_prefix="hungarian")
+    return _solver_pool
+
+
+def _solve_sample(copy: HostCopy, sample: int, num_gt: int) -> np.ndarray:
+    return solve_assignments(copy.numpy()[sample : sample + 1], [num_gt])[0]
+
+
 class LayerMatcher:
     """Hungarian matching of several decoder layers' queries to the same GT, started layer by layer.
 
     gt_labels (B, M) (padding any valid class), gt_boxes (B, M, D) NaN-free, num_gt[b] real GT of
-    sample b (host ints). `add_layer` queues one layer's costs and their copy to the host;
-    `assignments` solves the layers in order, each as soon as its own copy has arrived.
+    sample b (host ints). `add_layer` queues one layer's costs and their copy to the host, and one
+    solve per sample on the worker pool; `assignments` collects them.
     """
 
     def __init__(self, gt_labels: Tensor, gt_boxes: Tensor, num_gt: list[int], *, alpha: float, gamma: float, cls_weight: float,
@@ -112,7 +132,7 @@ class LayerMatcher:
         self.num_gt = list(num_gt)
         self.alpha, self.gamma, self.cls_weight, self.box_weight = alpha, gamma, cls_weight, box_weight
         self.reg_weights = reg_weights.float()
-        self._pending: list[HostCopy | None] = []
+        self._pending: list[list[Future[np.ndarray]] | None] = []
         self._shape: tuple[int, int] | None = None
         self._device: torch.device | None = None
 
@@ -131,15 +151,17 @@ class LayerMatcher:
             logits.detach().float(), boxes.detach().float(), self.gt_labels, self.gt_boxes,
             alpha=self.alpha, gamma=self.gamma, cls_weight=self.cls_weight, box_weight=self.box_weight, reg_weights=self.reg_weights,
         )
-        self._pending.append(HostCopy(cost))
+        copy = HostCopy(cost)
+        pool = solver_pool()
+        self._pending.append([pool.submit(_solve_sample, copy, s, m) for s, m in enumerate(self.num_gt)])
 
     def assignments(self) -> Tensor:
         """(L, B, Q) int64 on the layers' device: the GT index each query is assigned to, or UNASSIGNED."""
         if self._shape is None or self._device is None:
             raise ValueError("LayerMatcher.assignments() before any add_layer()")
         solved = [
-            np.full(self._shape, UNASSIGNED, dtype=np.int64) if copy is None else solve_assignments(copy.numpy(), self.num_gt)
-            for copy in self._pending
+            np.full(self._shape, UNASSIGNED, dtype=np.int64) if samples is None else np.stack([f.result() for f in samples])
+            for samples in self._pending
         ]
         return to_device(np.stack(solved), self._device)
 
