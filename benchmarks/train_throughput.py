@@ -226,7 +226,7 @@ def count_syncs(fn) -> Counter:
     return sites
 
 
-def profile_steps(step, count: int) -> dict:
+def profile_steps(step, count: int, trace_path: str | None = None) -> dict:
     """GPU busy share of the wall time and the top ops by host time and by GPU time."""
     from torch.profiler import ProfilerActivity, profile
     torch.cuda.synchronize()
@@ -236,6 +236,8 @@ def profile_steps(step, count: int) -> dict:
             step()
         torch.cuda.synchronize()
     wall_ms = (time.perf_counter() - start) * 1000
+    if trace_path:  # a Chrome/Perfetto trace, gzipped when the name ends in .gz
+        prof.export_chrome_trace(trace_path)
     events = prof.key_averages()
     kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     gpu_ms = sum(e.self_device_time_total for e in kernels) / 1000
@@ -308,6 +310,7 @@ def main() -> int:
     parser.add_argument("--flops-tflop", type=float, default=0.0, help="FLOPs per step from an eager run (for MFU with --compile)")
     parser.add_argument("--skip-backbone-only", action="store_true")
     parser.add_argument("--profile", action="store_true", help="torch.profiler over 2 steps: GPU busy share, top ops")
+    parser.add_argument("--trace", help="with --profile: write the profiled steps' Chrome trace here (.json.gz to compress)")
     parser.add_argument("--json")
     real = parser.add_argument_group("--data real (the trainer's loader over generated scenes)")
     real.add_argument("--data", choices=("synthetic", "real"), default="synthetic",
@@ -416,7 +419,7 @@ def main() -> int:
 
     # Profile before the FLOP counter and the sync check: under their dispatch modes the compiled
     # regions recompile, and past dynamo's recompile limit they stay eager.
-    profile = profile_steps(lambda: train_step(1002), 2) if args.profile else None
+    profile = profile_steps(lambda: train_step(1002), 2, args.trace) if args.profile else None
     from torch.utils.flop_counter import FlopCounterMode
     if args.flops_tflop:  # compiled regions bypass the counter: reuse an eager run's count
         step_flops = args.flops_tflop * 1e12
