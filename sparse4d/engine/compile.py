@@ -21,13 +21,15 @@ from torch import nn
 LOG = logging.getLogger(__name__)
 
 
-def compile_regions(model: nn.Module, mode: str | None = None) -> int:
-    """Compile a `Sparse4D`'s backbone, neck, decoder modules, anchor encoder and loss functions;
-    returns how many regions were wrapped. Shapes are static per config (denoising pads to a fixed
-    query count only when every sample has max_dn_gt boxes, so a few shape variants may compile).
-    `mode` is torch.compile's (None: default; "reduce-overhead" also replays each region from CUDA graphs)."""
+def compile_regions(model: nn.Module, mode: str | None = None, backbone: bool = True) -> int:
+    """Compile a `Sparse4D`'s backbone and neck (unless `backbone` is False), decoder modules, anchor
+    encoder and loss functions; returns how many regions were wrapped. Shapes are static per config
+    (denoising pads to a fixed query count only when every sample has max_dn_gt boxes, so a few shape
+    variants may compile). `mode` is torch.compile's (None: default; "reduce-overhead" also replays each
+    region from CUDA graphs)."""
     regions = 0
-    for module in (model.backbone, model.neck, model.head.anchor_encoder, *model.head.layers):
+    image_part = (model.backbone, model.neck) if backbone else ()
+    for module in (*image_part, model.head.anchor_encoder, *model.head.layers):
         if isinstance(module, nn.Identity):
             continue
         module.compile(mode=mode)
