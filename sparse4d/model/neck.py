@@ -9,6 +9,20 @@ from torch import Tensor, nn
 ExtraConvSource = Literal["on_input", "on_lateral", "on_output", "False"]
 
 
+def add_upsampled(fine: Tensor, coarse: Tensor) -> Tensor:
+    """`fine` plus `coarse` upsampled to its size (nearest), as mmdetection's FPN adds them.
+
+    At an exact 2x ratio (every stride-2 pyramid) the coarse map is broadcast over 2x2 blocks of the fine
+    one: the same values as F.interpolate(mode="nearest"), but the backward is a sum over each block
+    instead of an index_put with accumulation (about 2 ms of a training step on an H100).
+    """
+    height, width = coarse.shape[-2:]
+    if tuple(fine.shape[-2:]) != (2 * height, 2 * width):
+        return fine + F.interpolate(coarse, size=fine.shape[-2:], mode="nearest")
+    blocks = fine.unflatten(3, (width, 2)).unflatten(2, (height, 2))
+    return (blocks + coarse[:, :, :, None, :, None]).flatten(4, 5).flatten(2, 3)
+
+
 class FPN(nn.Module):
     """Top-down pyramid over backbone stages `start_level..`, plus extra stride-2 levels up to `num_outs`.
 
@@ -45,7 +59,7 @@ class FPN(nn.Module):
         feats = inputs[self.start_level :]
         laterals = [conv(x) for conv, x in zip(self.lateral_convs, feats)]
         for i in range(len(laterals) - 1, 0, -1):
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+            laterals[i - 1] = add_upsampled(laterals[i - 1], laterals[i])
         outs = [conv(x) for conv, x in zip(self.fpn_convs, laterals)]
         if self.num_extra <= 0:
             return outs

@@ -6,7 +6,7 @@ import torch
 
 from sparse4d.errors import DataError
 from sparse4d.model.backbone import FrozenBatchNorm2d, ResNet
-from sparse4d.model.neck import FPN
+from sparse4d.model.neck import FPN, add_upsampled
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -83,3 +83,24 @@ def test_stage_outputs_and_fpn_extra_levels() -> None:
     assert [tuple(o.shape[1:]) for o in outs] == [(32, 8, 16), (32, 4, 8), (32, 2, 4), (32, 1, 2), (32, 1, 1)]
     pooled = FPN([64, 128, 256, 512], 32, num_outs=5, add_extra_convs="False")(feats)
     assert tuple(pooled[-1].shape[1:]) == (32, 1, 2)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("coarse_hw", [(4, 8), (3, 5)])
+def test_add_upsampled_equals_nearest_interpolation_with_gradients(memory_format: torch.memory_format, coarse_hw: tuple[int, int]) -> None:
+    """The 2x broadcast path (and the interpolate fallback for other ratios) gives mmdetection's
+    fine + interpolate(coarse, nearest) exactly, with the same gradients and memory format."""
+    fine_hw = (8, 16) if coarse_hw == (4, 8) else (7, 11)
+    generator = torch.Generator().manual_seed(0)
+    fine = torch.randn(2, 6, *fine_hw, generator=generator).contiguous(memory_format=memory_format)
+    coarse = torch.randn(2, 6, *coarse_hw, generator=generator).contiguous(memory_format=memory_format)
+    upstream = torch.randn(2, 6, *fine_hw, generator=generator)
+    results = []
+    for combine in (add_upsampled, lambda f, c: f + torch.nn.functional.interpolate(c, size=f.shape[-2:], mode="nearest")):
+        f, c = fine.clone().requires_grad_(), coarse.clone().requires_grad_()
+        out = combine(f, c)
+        out.backward(upstream)
+        results.append((out, f.grad, c.grad))
+    for ours, reference in zip(*results):
+        assert torch.allclose(ours, reference, atol=1e-6)
+    assert results[0][0].is_contiguous(memory_format=memory_format)
