@@ -192,7 +192,12 @@ def instrument(model: Sparse4D, timeline: Timeline) -> None:
         fn = inner(device, prefer_fused)
 
         def run(feature_maps, points, weights):
-            feature_maps = list(Marker.apply("aggregation_bwd>", *feature_maps)) if len(feature_maps) > 1 else [Marker.apply("aggregation_bwd>", feature_maps[0])]
+            if isinstance(feature_maps, aggregation.PackedLevels):  # the fused kernel reads the packed buffer
+                feature_maps = feature_maps._replace(packed=Marker.apply("aggregation_bwd>", feature_maps.packed))
+            elif len(feature_maps) > 1:
+                feature_maps = list(Marker.apply("aggregation_bwd>", *feature_maps))
+            else:
+                feature_maps = [Marker.apply("aggregation_bwd>", feature_maps[0])]
             timeline.start("aggregation_fwd")
             out = fn(feature_maps, points, weights)
             timeline.stop("aggregation_fwd")
