@@ -178,8 +178,7 @@ def instrument(model: Sparse4D, timeline: Timeline) -> None:
         @staticmethod
         def forward(ctx, name, *tensors):
             ctx.name = name
-            views = tuple(t.view_as(t) for t in tensors)
-            return views if len(views) > 1 else views[0]
+            return tuple(t.view_as(t) for t in tensors)  # always a tuple, also of one
 
         @staticmethod
         def backward(ctx, *grads):
@@ -193,15 +192,13 @@ def instrument(model: Sparse4D, timeline: Timeline) -> None:
 
         def run(feature_maps, points, weights):
             if isinstance(feature_maps, aggregation.PackedLevels):  # the fused kernel reads the packed buffer
-                feature_maps = feature_maps._replace(packed=Marker.apply("aggregation_bwd>", feature_maps.packed))
-            elif len(feature_maps) > 1:
-                feature_maps = list(Marker.apply("aggregation_bwd>", *feature_maps))
+                feature_maps = feature_maps._replace(packed=Marker.apply("aggregation_bwd>", feature_maps.packed)[0])
             else:
-                feature_maps = [Marker.apply("aggregation_bwd>", feature_maps[0])]
+                feature_maps = list(Marker.apply("aggregation_bwd>", *feature_maps))
             timeline.start("aggregation_fwd")
             out = fn(feature_maps, points, weights)
             timeline.stop("aggregation_fwd")
-            return Marker.apply("aggregation_bwd<", out)
+            return Marker.apply("aggregation_bwd<", out)[0]
         return run
 
     import sparse4d.model.deformable as deformable
