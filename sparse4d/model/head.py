@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .aggregation import prepare_feature_levels
+from .aggregation import FeatureLevels, prepare_feature_levels
 from .anchor_encoder import AnchorEncoder
 from .attention import InstanceAttention
 from .blocks import AsymmetricFFN
@@ -51,6 +51,12 @@ class Sparse4DHead(nn.Module):
         self.num_single_frame_decoder = num_single_frame_decoder
         self.temporal = temporal and instance_bank.num_temp > 0
         self.num_temp_dn_groups = num_temp_dn_groups
+        # Compiled regions of a training step (`engine.compile.compile_regions` swaps in compiled
+        # copies): one call per decoder layer, shared by all layers, instead of one per module; and
+        # the packing of the feature maps, so the packed buffer is a region's output, which CUDA-graph
+        # replays read in place (an eager tensor would be copied into every layer's graph).
+        self.decoder_layer = decoder_layer
+        self.prepare_levels = prepare_feature_levels
 
     @staticmethod
     def build_layers(
@@ -119,43 +125,50 @@ class Sparse4DHead(nn.Module):
             anchor = torch.cat([anchor, dn.anchors.to(anchor.dtype)], dim=1)
             feature = torch.cat([feature, feature.new_zeros(b, dn.num_queries, feature.shape[-1])], dim=1)
         mask = attention_mask(a, dn, b, anchor.device)
-        levels = prepare_feature_levels(feature_maps, any(getattr(layer, "prefer_fused", False) for layer in self.layers))
-        anchor_embed = self.anchor_encoder(anchor)
-        temp_anchor_embed = self.anchor_encoder(carried_anchor) if self.temporal else None
+        levels = self.prepare_levels(feature_maps, any(getattr(layer, "prefer_fused", False) for layer in self.layers))
         out = HeadOutput(dn=dn)
-        last = len(self.operation_order) - 1
-        for i, (op, layer) in enumerate(zip(self.operation_order, self.layers)):
-            if op == "identity" or (op == "temp_gnn" and not self.temporal):
+        for ops, modules in self.decoder_segments():
+            # Up to the first layer after the merge, temp_gnn keys are embedded from the carried anchors;
+            # later layers use the first T rows of the queries' own embedding (upstream's order).
+            temp_rows = bank.num_temp if self.temporal and len(out.prediction) > self.num_single_frame_decoder else 0
+            feature, anchor, cls, quality = self.decoder_layer(
+                ops, modules, self.anchor_encoder, feature, anchor, carried_anchor, temp_rows,
+                carried_feature, temporal_mask, mask, levels, projection_mat, image_wh, time_interval,
+            )
+            if cls is None:  # operations after the last refine
                 continue
-            if op == "temp_gnn":
-                attended = layer(feature, anchor_embed, carried_feature.to(feature.dtype), temp_anchor_embed)
-                feature = torch.where(temporal_mask[:, None, None], attended, feature)
-            elif op == "gnn":
-                heads = layer.attn.num_heads
-                feature = layer(feature, anchor_embed, attn_mask=None if mask is None else mask.repeat_interleave(heads, dim=0))
-            elif op in ("norm", "ffn"):
-                feature = layer(feature)
-            elif op == "deformable":
-                feature = layer(feature, anchor, anchor_embed, levels, projection_mat, image_wh)
-            elif op == "refine":
-                anchor, cls, quality = layer(feature, anchor, anchor_embed, time_interval)
-                out.prediction.append(anchor)
-                out.classification.append(cls)
-                out.quality.append(quality)
-                out.layer_dn.append(out.dn)
-                if on_layer is not None:
-                    on_layer(cls, anchor)
-                if len(out.prediction) == self.num_single_frame_decoder and self.temporal:
-                    feature, anchor = bank.merge_carried(feature, anchor, cls, carried_feature, carried_anchor, temporal_mask)
-                    if dn is not None and carried_dn is not None and carried_dn_targets is not None:
-                        feature, anchor, out.dn = self._insert_carried_dn(feature, anchor, dn, carried_dn, carried_dn_targets, temporal_mask, time_interval)
-                        mask = attention_mask(a, out.dn, b, anchor.device)
-                if i != last:
-                    anchor_embed = self.anchor_encoder(anchor)
-                    if self.temporal and len(out.prediction) > self.num_single_frame_decoder:
-                        temp_anchor_embed = anchor_embed[:, : bank.num_temp]
+            out.prediction.append(anchor)
+            out.classification.append(cls)
+            out.quality.append(quality)
+            out.layer_dn.append(out.dn)
+            if on_layer is not None:
+                on_layer(cls, anchor)
+            if len(out.prediction) == self.num_single_frame_decoder and self.temporal:
+                feature, anchor = bank.merge_carried(feature, anchor, cls, carried_feature, carried_anchor, temporal_mask)
+                if dn is not None and carried_dn is not None and carried_dn_targets is not None:
+                    feature, anchor, out.dn = self._insert_carried_dn(feature, anchor, dn, carried_dn, carried_dn_targets, temporal_mask, time_interval)
+                    mask = attention_mask(a, out.dn, b, anchor.device)
         out.instance_feature = feature
         return out
+
+    def decoder_segments(self) -> list[tuple[tuple[str, ...], list[nn.Module]]]:
+        """`operation_order` cut after every refine: one (operations, modules) pair per decoder layer,
+        plus any operations after the last refine. Skipped operations (identity, temp_gnn without
+        history) are left out."""
+        segments: list[tuple[tuple[str, ...], list[nn.Module]]] = []
+        ops: list[str] = []
+        modules: list[nn.Module] = []
+        for op, layer in zip(self.operation_order, self.layers):
+            if op == "identity" or (op == "temp_gnn" and not self.temporal):
+                continue
+            ops.append(op)
+            modules.append(layer)
+            if op == "refine":
+                segments.append((tuple(ops), modules))
+                ops, modules = [], []
+        if ops:
+            segments.append((tuple(ops), modules))
+        return segments
 
     def _insert_carried_dn(
         self,
@@ -218,3 +231,48 @@ class Sparse4DHead(nn.Module):
             valid=dn.valid.reshape(b, g, m)[:, :gt].clone(),
             instance_ids=dn.instance_ids.reshape(b, g, m)[:, :gt].clone(),
         )
+
+
+def decoder_layer(
+    ops: tuple[str, ...],
+    modules: list[nn.Module],
+    anchor_encoder: nn.Module,
+    feature: Tensor,
+    anchor: Tensor,
+    carried_anchor: Tensor,
+    temp_rows: int,
+    carried_feature: Tensor,
+    temporal_mask: Tensor,
+    attn_mask: Tensor | None,
+    levels: FeatureLevels,
+    projection_mat: Tensor,
+    image_wh: Tensor,
+    time_interval: Tensor,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """One decoder layer: embed the anchors, then run `ops` (ending in refine, except for operations
+    after the last refine). temp_gnn's keys are the carried instances, embedded from `carried_anchor`,
+    or, once `temp_rows` > 0, the first `temp_rows` rows of the queries' own embedding. Returns (feature, anchor, class logits,
+    quality); the logits are None without a refine.
+
+    A plain function of tensors, so torch.compile makes one region of the whole layer that every layer
+    reuses: one CUDA-graph replay per layer and direction instead of one per module.
+    """
+    anchor_embed = anchor_encoder(anchor)
+    temp_anchor_embed = None
+    if "temp_gnn" in ops:
+        temp_anchor_embed = anchor_embed[:, :temp_rows] if temp_rows > 0 else anchor_encoder(carried_anchor)
+    cls = quality = None
+    for op, layer in zip(ops, modules):
+        if op == "temp_gnn":
+            attended = layer(feature, anchor_embed, carried_feature.to(feature.dtype), temp_anchor_embed)
+            feature = torch.where(temporal_mask[:, None, None], attended, feature)
+        elif op == "gnn":
+            heads = layer.attn.num_heads
+            feature = layer(feature, anchor_embed, attn_mask=None if attn_mask is None else attn_mask.repeat_interleave(heads, dim=0))
+        elif op in ("norm", "ffn"):
+            feature = layer(feature)
+        elif op == "deformable":
+            feature = layer(feature, anchor, anchor_embed, levels, projection_mat, image_wh)
+        elif op == "refine":
+            anchor, cls, quality = layer(feature, anchor, anchor_embed, time_interval)
+    return feature, anchor, cls, quality

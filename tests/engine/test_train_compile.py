@@ -92,3 +92,33 @@ def test_head_and_losses_trace_into_one_graph_each(tmp_path: Path) -> None:
             explained = dynamo.explain(fn)(*args, **kwargs)
             assert (explained.graph_count, explained.graph_break_count) == (1, 0), (frame, name, explained.break_reasons)
     assert calls["head"][1].get("carried_dn") is not None  # the later frame did carry denoising groups
+
+
+def test_decoder_layers_share_one_compiled_region(tmp_path: Path) -> None:
+    """`compile_regions` compiles one function per decoder layer, not per module, and the layers must
+    reuse its graphs: with four decoder layers, three graphs (the single-frame first layer, the first
+    layer after the merge, whose temporal keys are embedded from the carried anchors, and the rest),
+    no graph breaks, and nothing new on a later frame with carried instances and denoising groups."""
+    import torch._dynamo as dynamo
+    from torch._dynamo.utils import counters
+
+    from tests.model.model_helpers import synthetic_batch
+
+    path = tmp_path / "anchor_init.npy"
+    np.save(path, random_anchors(80))
+    order = ["deformable", "ffn", "norm", "refine"] + ["temp_gnn", "gnn", "norm", "deformable", "ffn", "norm", "refine"] * 3
+    torch.manual_seed(0)
+    model = Sparse4D.from_config(small_config(str(path), num_decoder=4, operation_order=order), num_classes=3).train()
+    dynamo.reset()
+    counters.clear()
+    model.head.decoder_layer = torch.compile(model.head.decoder_layer, backend="eager")
+    graphs = []
+    for frame in range(2):
+        batch = synthetic_batch(2, first_frame=frame == 0, timestamp=0.1 * frame, seed=frame)
+        out = model(batch)
+        model.loss(out, batch)["loss"].backward()
+        assert len(out["prediction"]) == 4
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs == [3, 3]
+    assert not counters["graph_break"]
+    dynamo.reset()
