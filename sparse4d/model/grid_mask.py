@@ -24,17 +24,18 @@ class GridMask(nn.Module):
         shape = img.shape
         flat = img.reshape(-1, *shape[-3:])
         n, _, h, w = flat.shape
-        device = img.device
-        masks = torch.ones(n, 1, h, w, device=device, dtype=img.dtype)
-        ys = torch.arange(h, device=device)
-        xs = torch.arange(w, device=device)
-        for i in range(n):
-            if torch.rand(()) > self.prob:
-                continue
-            d = int(torch.randint(2, max(min(h, w), 3), ()))
-            side = max(int(d * self.ratio + 0.5), 1)
-            oy, ox = int(torch.randint(0, d, ())), int(torch.randint(0, d, ()))
-            hide_y = ((ys + oy) % d) < side
-            hide_x = ((xs + ox) % d) < side
-            masks[i, 0] = (~(hide_y[:, None] & hide_x[None, :])).to(img.dtype)
-        return (flat * masks).reshape(shape)
+        # Per image on the host: applied?, period d, square side, offsets; then one small upload and a
+        # few broadcast kernels for all images (a loop over images launched ~6 kernels each).
+        apply = torch.rand(n) <= self.prob
+        d = torch.randint(2, max(min(h, w), 3), (n,))
+        side = (d * self.ratio + 0.5).long().clamp(min=1)
+        oy = (torch.rand(n) * d).long()
+        ox = (torch.rand(n) * d).long()
+        params = torch.stack([apply.long(), d, side, oy, ox])
+        if img.is_cuda:
+            params = params.pin_memory()
+        apply, d, side, oy, ox = params.to(img.device, non_blocking=True)[:, :, None]
+        hide_y = (torch.arange(h, device=img.device) + oy) % d < side  # (n, H)
+        hide_x = (torch.arange(w, device=img.device) + ox) % d < side  # (n, W)
+        keep = ~(hide_y[:, :, None] & hide_x[:, None, :] & (apply[:, :, None] > 0))
+        return (flat * keep[:, None].to(img.dtype)).reshape(shape)
