@@ -12,6 +12,7 @@ the GT they denoised; a carried query whose instance left the scene becomes back
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +21,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from .instance_bank import gather_rows
-from .matching import HostCopy, box_l1_cost, solve_assignments, to_device
+from .matching import HostCopy, box_l1_cost, solve_assignments, solver_pool, to_device
 
 
 @dataclass
@@ -97,7 +98,7 @@ def start_denoising_queries(
     """Queue the noisy anchors and the copy of their assignment costs to the host; `finish()` solves.
 
     The noise is drawn on the CPU (from `generator` when given) and copied once. Queue this before
-    the backbone and finish after it: the host then solves while the GPU runs the backbone.
+    the backbone and finish after it: a worker thread solves while the GPU runs the backbone.
     """
     counts = [min(len(g), max_dn_gt) for g in gt_labels]
     num_gt = max(counts, default=0)
@@ -123,30 +124,35 @@ def start_denoising_queries(
     valid = to_device(np.repeat(slot_valid[:, None], num_groups, axis=1), device)  # (B, G, M)
     noisy = torch.where(valid[..., None], noisy, torch.zeros((), dtype=dtype, device=device))
     cost = box_l1_cost(noisy.flatten(0, 1), gt.repeat_interleave(num_groups, dim=0), reg_weights.to(dtype))  # (B*G, M, N)
-    return PendingDenoising(noisy, valid, raw, labels, ids, slot_valid, counts, num_groups, HostCopy(cost))
+    solved = solver_pool().submit(_solve_groups, HostCopy(cost), slot_valid, counts, num_groups)
+    return PendingDenoising(noisy, valid, raw, labels, ids, num_groups, solved)
+
+
+def _solve_groups(cost: HostCopy, slot_valid: np.ndarray, counts: list[int], groups: int) -> np.ndarray:
+    """(B, G, M) GT index of each denoising slot within its group: waits for the cost copy, then solves."""
+    b, m = slot_valid.shape
+    rows = [np.flatnonzero(slot_valid[i]) for i in range(b) for _ in range(groups)]
+    return solve_assignments(cost.numpy(), [n for n in counts for _ in range(groups)], rows).reshape(b, groups, m)
 
 
 @dataclass
 class PendingDenoising:
-    """Denoising queries whose in-group assignment costs are on their way to the host."""
+    """Denoising queries whose in-group assignments are being solved on the Hungarian workers (the
+    solve waits there for the costs' copy; the main thread keeps queuing the backbone meanwhile)."""
 
     noisy: Tensor  # (B, G, M, D)
     valid: Tensor  # (B, G, M)
     raw: Tensor  # (B, N, D) padded GT anchors
     labels: Tensor  # (B, N)
     ids: Tensor  # (B, N)
-    slot_valid: np.ndarray  # (B, M)
-    counts: list[int]
     num_groups: int
-    cost: HostCopy  # (B*G, M, N)
+    assigned: Future[np.ndarray]  # (B, G, M)
 
     def finish(self) -> DenoisingQueries:
-        """Solve the assignments (waits for the cost copy only) and build the queries and targets."""
-        b, g, m = self.valid.shape
+        """Wait for the assignments and build the queries and targets."""
+        g, m = self.valid.shape[1:]
         device, dtype = self.noisy.device, self.noisy.dtype
-        rows = [np.flatnonzero(self.slot_valid[i]) for i in range(b) for _ in range(g)]
-        assigned = solve_assignments(self.cost.numpy(), [n for n in self.counts for _ in range(g)], rows).reshape(b, g, m)
-        index = to_device(assigned, device)
+        index = to_device(self.assigned.result(), device)
         hit = (index >= 0).flatten(1, 2)
         safe = index.clamp(min=0).flatten(1, 2)  # (B, G*M)
         zero = torch.zeros((), dtype=dtype, device=device)
