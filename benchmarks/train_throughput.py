@@ -38,6 +38,7 @@ import sys
 import time
 import warnings
 from collections import Counter, defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -256,6 +257,35 @@ def profile_steps(step, count: int, trace_path: str | None = None) -> dict:
     }
 
 
+def host_profile_steps(step, count: int, stats_path: str) -> dict:
+    """Main-thread host time by Python function over `count` steps (cProfile; the autograd engine's
+    backward thread is not seen, only the main thread's wait in `backward()`)."""
+    import cProfile
+    import pstats
+
+    torch.cuda.synchronize()
+    profiler = cProfile.Profile()
+    start = time.perf_counter()
+    profiler.enable()
+    for _ in range(count):
+        step()
+    torch.cuda.synchronize()
+    profiler.disable()
+    wall_ms = (time.perf_counter() - start) * 1000 / count
+    profiler.dump_stats(stats_path)
+    stats = pstats.Stats(profiler).stats  # (file, line, name) -> (calls, primitive calls, tottime, cumtime, callers)
+
+    def label(key) -> str:
+        file, line, name = key
+        return f"{Path(file).name}:{line}:{name}" if line else name
+
+    def top(column: int) -> dict[str, float]:
+        rows = sorted(stats.items(), key=lambda kv: -kv[1][column])[:30]
+        return {label(k): round(v[column] * 1000 / count, 2) for k, v in rows}
+
+    return {"wall_ms_per_step_under_cprofile": round(wall_ms, 1), "self_ms_per_step": top(2), "cumulative_ms_per_step": top(3)}
+
+
 def idle_gaps(events, top: int = 15) -> list[str]:
     """The longest stretches with no kernel running, each as 'ms: kernel before -> kernel after'."""
     kernels = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda e: e.time_range.start)
@@ -313,6 +343,7 @@ def main() -> int:
     parser.add_argument("--skip-backbone-only", action="store_true")
     parser.add_argument("--profile", action="store_true", help="torch.profiler over 2 steps: GPU busy share, top ops")
     parser.add_argument("--trace", help="with --profile: write the profiled steps' Chrome trace here (.json.gz to compress)")
+    parser.add_argument("--host-profile", help="cProfile 4 steady steps (host time by Python function); pstats written here")
     parser.add_argument("--json")
     real = parser.add_argument_group("--data real (the trainer's loader over generated scenes)")
     real.add_argument("--data", choices=("synthetic", "real"), default="synthetic",
@@ -353,8 +384,7 @@ def main() -> int:
         if args.head_as_one_graph:  # the experiment: Inductor backbone, neck and losses; the head one eager-kernel graph
             for module in (model.backbone, model.neck):
                 module.compile(mode=mode)
-            model.query_losses = torch.compile(model.query_losses, mode=mode)
-            model.denoising_losses = torch.compile(model.denoising_losses, mode=mode)
+            model.decoder_losses = torch.compile(model.decoder_losses, mode=mode)
             model.head.compile(backend="cudagraphs")
             model.match_in_forward = False
         else:
@@ -385,8 +415,8 @@ def main() -> int:
             timeline.start("head_bwd")  # stopped when the gradients reach the neck outputs
             losses["loss"].backward()
         with timeline.region("optimizer"):
-            if max_norm > 0:
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], max_norm)
+            if max_norm > 0:  # the parameters as the trainer's configure_gradient_clipping takes them
+                torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"] if p.grad is not None], max_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
 
@@ -422,6 +452,7 @@ def main() -> int:
     # Profile before the FLOP counter and the sync check: under their dispatch modes the compiled
     # regions recompile, and past dynamo's recompile limit they stay eager.
     profile = profile_steps(lambda: train_step(1002), 2, args.trace) if args.profile else None
+    host_profile = host_profile_steps(lambda: train_step(1003), 4, args.host_profile) if args.host_profile else None
     from torch.utils.flop_counter import FlopCounterMode
     if args.flops_tflop:  # compiled regions bypass the counter: reuse an eager run's count
         step_flops = args.flops_tflop * 1e12
@@ -493,6 +524,8 @@ def main() -> int:
     }
     if profile:
         record["profile"] = profile
+    if host_profile:
+        record["host_profile"] = host_profile
     emit(record, args.json)
     print(f"\n{name}: {record['samples_per_s']} samples/s ({record['step_ms']} ms/step, batch {args.batch}), "
           f"MFU {record['mfu']}, peak {record['peak_memory_gb']} GB, backbone+neck-only {record['backbone_neck_only_step_ms']} ms "
