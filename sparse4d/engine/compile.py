@@ -10,8 +10,8 @@ was measured at over 6 minutes of compilation per variant on an H100 host; one r
 (about 50 a step) compiled fast but each CUDA-graph replay costs the host about 0.5 ms of checks and
 copies, twice per step (forward, backward): on an H200 that overhead alone was about 55 ms of a 156 ms
 step. The fused aggregation is a custom op, so a decoder layer compiles through it without a graph
-break. Modules are compiled through the functions that call them, so state-dict keys and checkpoints
-do not change.
+break. Modules are compiled in place (`nn.Module.compile`) or through the functions that call them, so
+state-dict keys and checkpoints do not change.
 """
 from __future__ import annotations
 
@@ -24,14 +24,16 @@ LOG = logging.getLogger(__name__)
 
 
 def compile_regions(model: nn.Module, mode: str | None = None, backbone: bool = True) -> int:
-    """Compile a `Sparse4D`'s feature extraction (backbone and neck, unless `backbone` is False), the head's feature
+    """Compile a `Sparse4D`'s backbone and neck (unless `backbone` is False), the head's feature
     packing and decoder layer, and the decoder losses; returns how many regions were wrapped. Shapes
     are static per config (denoising pads to a fixed query count only when every sample has max_dn_gt
     boxes, so a few shape variants may compile). `mode` is torch.compile's (None: default;
     "reduce-overhead" also replays each region from CUDA graphs)."""
     regions = 0
-    if backbone:  # backbone and neck as one region: one CUDA-graph replay per direction, not two
-        model.extract_features = torch.compile(model.extract_features, mode=mode)
+    for module in (model.backbone, model.neck) if backbone else ():
+        if isinstance(module, nn.Identity):
+            continue
+        module.compile(mode=mode)  # in place: state-dict keys do not change
         regions += 1
     head = model.head
     head.prepare_levels = torch.compile(head.prepare_levels, mode=mode)
