@@ -257,6 +257,19 @@ def profile_steps(step, count: int, trace_path: str | None = None) -> dict:
     }
 
 
+def phase_medians(marks: list[tuple[str, float]], match_waits: list[float]) -> dict[str, float]:
+    """Median host ms from each phase mark to the next (a step's phases end at "forward_queued",
+    "loss_queued", "backward_queued", "optimizer_queued"; the next "start" closes the step), and the
+    main thread's wait in the matching. Host time that is not waiting, summed over a step, below the
+    step's wall time means the GPU was the bound; equal to it, the host."""
+    phases: dict[str, list[float]] = defaultdict(list)
+    for (name, t), (_, t_next) in zip(marks, marks[1:]):
+        phases[f"{name}->next"].append((t_next - t) * 1000)
+    out = {k: round(statistics.median(v), 2) for k, v in phases.items()}
+    out["matching_wait"] = round(statistics.median(match_waits) * 1000, 2) if match_waits else 0.0
+    return out
+
+
 def host_profile_steps(step, count: int, stats_path: str) -> dict:
     """Main-thread host time by Python function over `count` steps (cProfile; the autograd engine's
     backward thread is not seen, only the main thread's wait in `backward()`)."""
@@ -344,6 +357,8 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="torch.profiler over 2 steps: GPU busy share, top ops")
     parser.add_argument("--trace", help="with --profile: write the profiled steps' Chrome trace here (.json.gz to compress)")
     parser.add_argument("--host-profile", help="cProfile 4 steady steps (host time by Python function); pstats written here")
+    parser.add_argument("--host-timeline", action="store_true",
+                        help="median host ms per phase over --steps more steps, and the main thread's matching wait")
     parser.add_argument("--json")
     real = parser.add_argument_group("--data real (the trainer's loader over generated scenes)")
     real.add_argument("--data", choices=("synthetic", "real"), default="synthetic",
@@ -399,7 +414,14 @@ def main() -> int:
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if not args.fp32 else contextlib.nullcontext
     host_batches = [synthetic_batch(args.batch, args.num_gt, step) for step in range(4)]
 
+    marks: list[tuple[str, float]] | None = None  # host clock at phase ends (--host-timeline)
+
+    def mark(name: str) -> None:
+        if marks is not None:
+            marks.append((name, time.perf_counter()))
+
     def train_step(step: int) -> None:
+        mark("start")
         if (args.compile or args.compile_backbone) and args.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
         with timeline.region("data"):
@@ -409,16 +431,20 @@ def main() -> int:
         with autocast():
             with timeline.region("forward_total"):
                 out = model(batch)
+            mark("forward_queued")
             with timeline.region("loss"):
                 losses = model.loss(out, batch)
+            mark("loss_queued")
         with timeline.region("backward_total"):
             timeline.start("head_bwd")  # stopped when the gradients reach the neck outputs
             losses["loss"].backward()
+        mark("backward_queued")
         with timeline.region("optimizer"):
             if max_norm > 0:  # the parameters as the trainer's configure_gradient_clipping takes them
                 torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"] if p.grad is not None], max_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        mark("optimizer_queued")
 
     for step in range(args.warmup):  # compiled runs compile here (minutes): report progress
         begin = time.perf_counter()
@@ -453,6 +479,27 @@ def main() -> int:
     # regions recompile, and past dynamo's recompile limit they stay eager.
     profile = profile_steps(lambda: train_step(1002), 2, args.trace) if args.profile else None
     host_profile = host_profile_steps(lambda: train_step(1003), 4, args.host_profile) if args.host_profile else None
+    host_timeline = None
+    if args.host_timeline:
+        marks, waits = [], []
+        match_all_layers = model._match_all_layers
+
+        def timed_match(*a, **k):  # the main thread's one wait per step: the last layers' Hungarian solves
+            begin = time.perf_counter()
+            try:
+                return match_all_layers(*a, **k)
+            finally:
+                waits.append(time.perf_counter() - begin)
+
+        model._match_all_layers = timed_match
+        torch.cuda.synchronize()
+        for step in range(2000, 2000 + args.steps):
+            train_step(step)
+        torch.cuda.synchronize()
+        marks.append(("start", time.perf_counter()))
+        del model._match_all_layers
+        host_timeline = phase_medians(marks, waits)
+        marks = None
     from torch.utils.flop_counter import FlopCounterMode
     if args.flops_tflop:  # compiled regions bypass the counter: reuse an eager run's count
         step_flops = args.flops_tflop * 1e12
@@ -526,6 +573,8 @@ def main() -> int:
         record["profile"] = profile
     if host_profile:
         record["host_profile"] = host_profile
+    if host_timeline:
+        record["host_timeline_ms_median"] = host_timeline
     emit(record, args.json)
     print(f"\n{name}: {record['samples_per_s']} samples/s ({record['step_ms']} ms/step, batch {args.batch}), "
           f"MFU {record['mfu']}, peak {record['peak_memory_gb']} GB, backbone+neck-only {record['backbone_neck_only_step_ms']} ms "
