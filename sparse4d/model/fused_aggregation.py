@@ -12,6 +12,10 @@ serialises them. Here
   * the keys are sorted (stable, so the result is deterministic) and cut into one segment per pixel;
   * one program per pixel sums its segment (grad_out x weight x coefficient) and writes that pixel's
     gradient once. Pixels nobody touched get zeros from the same write, so no memset is needed.
+    Trained queries gather on few objects, so a few coarse-level pixels get thousands of entries and
+    their programs run far longer than the rest; `PIXEL_BACKWARD = "chunks"` instead cuts the sorted
+    entries into equal chunks and adds a run that spans chunks with one atomic row add per chunk
+    (a few per pixel, not one per entry as in the public kernel).
 
 The levels are first copied into one flat channels-last (B, N, H, W, C) buffer, so the kernels
 address every level from one pointer by offsets that depend only on shapes (`pack_feature_levels`,
@@ -181,14 +185,24 @@ def _aggregate_packed_backward(
     )
     sorted_keys, order = torch.sort(keys, stable=True)
     # Key total_pixels marks corners outside every map; it sorts last and belongs to no pixel.
-    bounds = torch.arange(total_pixels + 1, device=device, dtype=key_dtype)
-    seg_start = torch.searchsorted(sorted_keys, bounds)
-    grad_packed = torch.empty(packed.shape, device=device, dtype=packed.dtype)
-    _pixel_backward_kernel[(total_pixels,)](
-        seg_start, order, coefs, weights, grad_out, grad_packed, q, n, len(rows),
-        P=p, G=groups, CG=cg, BLOCK_E=PIXEL_BLOCK_ENTRIES, BLOCK_G=_next_pow2(groups), BLOCK_CG=_next_pow2(cg),
-        num_warps=PIXEL_WARPS,
-    )
+    if PIXEL_BACKWARD == "chunks":
+        inside = torch.searchsorted(sorted_keys, torch.full((1,), total_pixels, device=device, dtype=key_dtype))
+        grad_sum = torch.zeros(packed.shape, device=device, dtype=torch.float32)
+        _chunk_backward_kernel[(triton.cdiv(entries, CHUNK_ENTRIES),)](
+            sorted_keys, inside, order, coefs, weights, grad_out, grad_sum, q, n, len(rows),
+            P=p, G=groups, CG=cg, CHUNK=CHUNK_ENTRIES, BLOCK_G=_next_pow2(groups), BLOCK_CG=_next_pow2(cg),
+            num_warps=PIXEL_WARPS,
+        )
+        grad_packed = grad_sum.to(packed.dtype)
+    else:
+        bounds = torch.arange(total_pixels + 1, device=device, dtype=key_dtype)
+        seg_start = torch.searchsorted(sorted_keys, bounds)
+        grad_packed = torch.empty(packed.shape, device=device, dtype=packed.dtype)
+        _pixel_backward_kernel[(total_pixels,)](
+            seg_start, order, coefs, weights, grad_out, grad_packed, q, n, len(rows),
+            P=p, G=groups, CG=cg, BLOCK_E=PIXEL_BLOCK_ENTRIES, BLOCK_G=_next_pow2(groups), BLOCK_CG=_next_pow2(cg),
+            num_warps=PIXEL_WARPS,
+        )
     return grad_packed, grad_points.to(points.dtype), grad_weights.to(weights.dtype)
 
 
@@ -245,6 +259,15 @@ FORWARD_GROUPS_PER_PROGRAM = 0  # 0 = all groups in one program
 BACKWARD_WARPS = 8
 PIXEL_WARPS = 1
 PIXEL_BLOCK_ENTRIES = 2
+# How the feature gradient is summed per pixel from the sorted entries:
+#   "segments": one program per pixel walks that pixel's run and writes its gradient once (no atomics,
+#               deterministic); a program costs as much as its run, and trained points pile thousands
+#               of entries onto a few coarse-level pixels.
+#   "chunks":   one program per CHUNK_ENTRIES sorted entries; a run that spans programs is added by
+#               each of them with one fp32 atomic row add (a few per pixel, not one per entry), so
+#               long runs are split evenly; the summation order of split runs varies between calls.
+PIXEL_BACKWARD = "segments"
+CHUNK_ENTRIES = 32
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -425,3 +448,39 @@ if triton is not None:
             ).to(tl.float32)
             acc += tl.sum(go * (wts * coef[:, None])[:, :, None], axis=0)
         tl.store(grad_buffer_ptr + pixel * (G * CG) + chan, acc.to(grad_buffer_ptr.dtype.element_ty), mask=chan_mask)
+
+    @triton.jit
+    def _chunk_backward_kernel(
+        sorted_keys_ptr, inside_ptr, order_ptr, coefs_ptr, weights_ptr, grad_out_ptr, grad_sum_ptr, Q, N, L,
+        P: tl.constexpr, G: tl.constexpr, CG: tl.constexpr,
+        CHUNK: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr,
+    ):
+        first = tl.program_id(0).to(tl.int64) * CHUNK
+        last = tl.minimum(first + CHUNK, tl.load(inside_ptr).to(tl.int64))  # entries past `inside` are outside every map
+        offs_g = tl.arange(0, BLOCK_G)
+        offs_j = tl.arange(0, BLOCK_CG)
+        mask_g = offs_g < G
+        chan = offs_g[:, None] * CG + offs_j[None, :]
+        chan_mask = mask_g[:, None] & (offs_j < CG)[None, :]
+        acc = tl.zeros([BLOCK_G, BLOCK_CG], dtype=tl.float32)
+        current = tl.load(sorted_keys_ptr + first, mask=first < last, other=0).to(tl.int64)
+        for pos in range(first, last):
+            key = tl.load(sorted_keys_ptr + pos).to(tl.int64)
+            if key != current:  # the run of `current` ends here: add its sum, start the next pixel's
+                tl.atomic_add(grad_sum_ptr + current * (G * CG) + chan, acc, mask=chan_mask, sem="relaxed")
+                acc = tl.zeros([BLOCK_G, BLOCK_CG], dtype=tl.float32)
+                current = key
+            entry = tl.load(order_ptr + pos)
+            coef = tl.load(coefs_ptr + entry)
+            sample = entry // 4
+            lvl = sample % L
+            sample = sample // L
+            n = sample % N
+            sample = sample // N
+            p = sample % P
+            bq = sample // P
+            wts = tl.load(weights_ptr + (((bq * N + n) * L + lvl) * P + p) * G + offs_g, mask=mask_g, other=0.0).to(tl.float32)
+            go = tl.load(grad_out_ptr + bq * (G * CG) + chan, mask=chan_mask, other=0.0).to(tl.float32)
+            acc += go * (wts * coef)[:, None]
+        if first < last:
+            tl.atomic_add(grad_sum_ptr + current * (G * CG) + chan, acc, mask=chan_mask, sem="relaxed")
