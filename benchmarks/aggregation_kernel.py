@@ -21,6 +21,21 @@ from sparse4d.model.aggregation import deformable_aggregation
 LEVELS = [(128, 352), (64, 176), (32, 88), (16, 44)]
 
 
+POINTS = "uniform"  # or "clustered" (--points)
+
+
+def sample_points(b: int, q: int, p: int, n: int, g: torch.Generator) -> torch.Tensor:
+    """Normalised (u, v). "uniform": anywhere in every camera. "clustered": every query's points
+    within ~2% of one of 16 spots per sample, as trained queries gather on the few objects of a
+    scene; coarse-level pixels then collect thousands of entries (long runs in the pixel backward)."""
+    if POINTS == "uniform":
+        return torch.rand(b, q, p, n, 2, generator=g, device="cuda")
+    spots = torch.rand(b, 16, 1, n, 2, generator=g, device="cuda") * 0.8 + 0.1
+    pick = torch.randint(0, 16, (b, q), generator=g, device="cuda")
+    centres = torch.gather(spots.expand(b, 16, p, n, 2), 1, pick[:, :, None, None, None].expand(b, q, p, n, 2))
+    return (centres + torch.randn(b, q, p, n, 2, generator=g, device="cuda") * 0.02).clamp(0, 1)
+
+
 def make_inputs(b: int, q: int, dtype: torch.dtype, channels_last: bool, n: int = 6, c: int = 256, groups: int = 8, p: int = 13, seed: int = 0):
     g = torch.Generator(device="cuda").manual_seed(seed)
     feats = []
@@ -29,7 +44,7 @@ def make_inputs(b: int, q: int, dtype: torch.dtype, channels_last: bool, n: int 
         if channels_last:
             f = f.contiguous(memory_format=torch.channels_last)
         feats.append(f.reshape(b, n, c, h, w).requires_grad_())
-    points = torch.rand(b, q, p, n, 2, generator=g, device="cuda").requires_grad_()
+    points = sample_points(b, q, p, n, g).requires_grad_()
     weights = torch.randn(b, q, n * len(LEVELS) * p, groups, generator=g, device="cuda").softmax(dim=2)
     weights = weights.reshape(b, q, n, len(LEVELS), p, groups).requires_grad_()
     return feats, points, weights
@@ -121,11 +136,18 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="also try launch shapes (batch 1, bf16)")
     parser.add_argument("--json", help="write all figures here")
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--points", choices=("uniform", "clustered"), default="uniform", help="where the sampling points fall (see sample_points)")
+    parser.add_argument("--pixel-backward", choices=("segments", "chunks"), default=fa.PIXEL_BACKWARD,
+                        help="how the feature gradient is summed per pixel (fused_aggregation.PIXEL_BACKWARD)")
     args = parser.parse_args()
+    global POINTS
+    POINTS = args.points
+    fa.PIXEL_BACKWARD = args.pixel_backward
     if not fa.fused_aggregation_available():
         print("needs a CUDA GPU and Triton", file=sys.stderr)
         return 2
-    record: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": fa.triton.__version__, "cases": []}
+    record: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": fa.triton.__version__,
+                    "points": args.points, "pixel_backward": args.pixel_backward, "cases": []}
     print(f"# {record['gpu']}  torch {record['torch']}  triton {record['triton']}", flush=True)
     feats, points, weights = make_inputs(1, 900, torch.float32, True)
     record["accuracy_fp32_vs_float64"] = accuracy(feats, points, weights)

@@ -47,6 +47,7 @@ from sparse4d.config.model import ModelConfig
 from sparse4d.config.train import TrainConfig
 from sparse4d.engine.optim import build_optimizer
 from sparse4d.model import aggregation
+from sparse4d.model import fused_aggregation
 from sparse4d.model.fused_aggregation import enable_fused_aggregation
 from sparse4d.model.sparse4d import Sparse4D
 
@@ -341,6 +342,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--num-gt", type=int, default=128, help="GT boxes per sample (128 fills max_dn_gt: 2180 queries)")
     parser.add_argument("--reference-aggregation", action="store_true", help="grid_sample instead of the fused kernel")
+    parser.add_argument("--pixel-backward", choices=("segments", "chunks"), default=None,
+                        help="the fused backward's per-pixel summation (fused_aggregation.PIXEL_BACKWARD; default: the module's)")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     parser.add_argument("--fused-adam", action="store_true", help="AdamW(fused=True) instead of the trainer's optimizer")
@@ -381,6 +384,8 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     fused = False if args.reference_aggregation else enable_fused_aggregation()
+    if args.pixel_backward:
+        fused_aggregation.PIXEL_BACKWARD = args.pixel_backward
     cfg = ModelConfig()
     model = Sparse4D.from_config(cfg, NUM_CLASSES, anchors=scene_anchors(cfg.head.instance_bank.num_anchor)).to(device).train()
     if not args.no_channels_last:
@@ -558,7 +563,7 @@ def main() -> int:
         "gpu": name, "torch": torch.__version__, "batch": args.batch, "cameras": CAMERAS, "input": f"{WIDTH}x{HEIGHT}",
         "precision": "fp32" if args.fp32 else "bf16-autocast", "channels_last": not args.no_channels_last,
         "features_channels_last": feats_channels_last, "aggregation": "fused-triton" if fused else "grid_sample",
-        "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
+        "pixel_backward": fused_aggregation.PIXEL_BACKWARD, "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
         "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
         "images_per_s": round(args.batch * CAMERAS * 1000 / step_ms, 1),
         "step_tflop": round(step_flops / 1e12, 3),
