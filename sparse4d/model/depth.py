@@ -26,7 +26,10 @@ class DenseDepthNet(nn.Module):
         scale = (focal / self.equal_focal)[..., None, None]
         for layer, feat in zip(self.depth_layers, feature_maps[: self.num_depth_layers]):
             b, n = feat.shape[:2]
-            depth = layer(feat.flatten(0, 1).float()).exp().reshape(b, n, *feat.shape[-2:])
+            x = feat.flatten(0, 1)
+            if not torch.is_autocast_enabled(x.device.type):  # under autocast the conv casts its input itself:
+                x = x.to(layer.weight.dtype)  # an fp32 copy there was cast straight back (0.7 GB at the default config)
+            depth = layer(x).float().exp().reshape(b, n, *feat.shape[-2:])
             depths.append(depth * scale)
         return depths
 
