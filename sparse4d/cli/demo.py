@@ -58,8 +58,9 @@ def _step(title: str, req: LaunchRequest) -> dict[str, Any]:
 @click.command("demo", help="Run the main job on synthetic AICity data: convert, train, evaluate, inference, export.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo"), show_default=True, help="Folder for data and jobs.")
 @click.option("--epochs", type=int, default=8, show_default=True, help="Training epochs.")
+@click.option("--seed", type=int, default=None, help="train.seed (default: the spec's); so short a run's scores move a lot with it.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-def demo(workdir: Path, epochs: int, as_json: bool) -> None:
+def demo(workdir: Path, epochs: int, seed: int | None, as_json: bool) -> None:
     def body() -> int:
         root = workdir.resolve()
         data = root / "aicity"
@@ -72,6 +73,8 @@ def demo(workdir: Path, epochs: int, as_json: bool) -> None:
             subprocess.run([*base, "--scenes", str(DEMO_SCENES["eval_scenes"]), "--split", "val", "--split", "test"], check=True)
         roots = {"train_datasets": str(data), "eval_dataset": str(data), "inference_dataset": str(data)}
         small = demo_overrides(epochs)
+        if seed is not None:
+            small["train.seed"] = seed
         anchors = small.get("model.head.instance_bank.num_anchor", 900)
         convert = _step("dataset_convert", LaunchRequest("dataset_convert", roots={"train_datasets": str(data)}, overrides=["aicity.split=train,val,test", f"aicity.anchor_init_config.num_anchor={anchors}"], jobs_root=jobs))
         cid = convert["job_id"]
