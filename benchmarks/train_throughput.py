@@ -703,7 +703,6 @@ def keeps_up(step: dict, loader: dict) -> dict:
 def real_main(args: argparse.Namespace) -> int:
     import os
     import subprocess
-    from pathlib import Path
 
     from accuracy_synthetic import spec_for
     from synthetic_scenes import SceneSet, batch_bytes, read_manifest, shared_memory_workers, spec_paths, streaming_overrides

@@ -413,6 +413,19 @@ if triton is not None:
             tl.store(gp + 1, grad_v, mask=mask_p)
 
     @triton.jit
+    def _entry_owner(entry, N, L, P: tl.constexpr):
+        """Entry index ((((bq * P + p) * N + n) * L + lvl) * 4 + corner) -> (bq, its weights' row
+        ((bq * N + n) * L + lvl) * P + p)."""
+        sample = entry // 4
+        lvl = sample % L
+        sample = sample // L
+        n = sample % N
+        sample = sample // N
+        p = sample % P
+        bq = sample // P
+        return bq, ((bq * N + n) * L + lvl) * P + p
+
+    @triton.jit
     def _pixel_backward_kernel(
         seg_start_ptr, order_ptr, coefs_ptr, weights_ptr, grad_out_ptr, grad_buffer_ptr, Q, N, L,
         P: tl.constexpr, G: tl.constexpr, CG: tl.constexpr,
@@ -433,14 +446,8 @@ if triton is not None:
             live = pos < end
             entry = tl.load(order_ptr + pos, mask=live, other=0)
             coef = tl.load(coefs_ptr + entry, mask=live, other=0.0)
-            sample = entry // 4
-            lvl = sample % L
-            sample = sample // L
-            n = sample % N
-            sample = sample // N
-            p = sample % P
-            bq = sample // P
-            w_idx = (((bq * N + n) * L + lvl) * P + p)[:, None] * G + offs_g[None, :]
+            bq, w_row = _entry_owner(entry, N, L, P)
+            w_idx = w_row[:, None] * G + offs_g[None, :]
             wts = tl.load(weights_ptr + w_idx, mask=live[:, None] & mask_g[None, :], other=0.0).to(tl.float32)
             go = tl.load(
                 grad_out_ptr + bq[:, None, None] * (G * CG) + chan[None, :, :],
@@ -472,14 +479,8 @@ if triton is not None:
                 current = key
             entry = tl.load(order_ptr + pos)
             coef = tl.load(coefs_ptr + entry)
-            sample = entry // 4
-            lvl = sample % L
-            sample = sample // L
-            n = sample % N
-            sample = sample // N
-            p = sample % P
-            bq = sample // P
-            wts = tl.load(weights_ptr + (((bq * N + n) * L + lvl) * P + p) * G + offs_g, mask=mask_g, other=0.0).to(tl.float32)
+            bq, w_row = _entry_owner(entry, N, L, P)
+            wts = tl.load(weights_ptr + w_row * G + offs_g, mask=mask_g, other=0.0).to(tl.float32)
             go = tl.load(grad_out_ptr + bq * (G * CG) + chan, mask=chan_mask, other=0.0).to(tl.float32)
             acc += go * (wts * coef)[:, None]
         if first < last:

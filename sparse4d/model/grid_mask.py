@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .matching import to_device
+
 
 class GridMask(nn.Module):
     """With probability `prob` per image, zero squares of side `ratio` x d on a grid of period d.
@@ -31,10 +33,8 @@ class GridMask(nn.Module):
         side = (d * self.ratio + 0.5).long().clamp(min=1)
         oy = (torch.rand(n) * d).long()
         ox = (torch.rand(n) * d).long()
-        params = torch.stack([apply.long(), d, side, oy, ox])
-        if img.is_cuda:
-            params = params.pin_memory()
-        apply, d, side, oy, ox = params.to(img.device, non_blocking=True)[:, :, None]
+        params = torch.stack([apply.long(), d, side, oy, ox]).numpy()
+        apply, d, side, oy, ox = to_device(params, img.device)[:, :, None]
         hide_y = (torch.arange(h, device=img.device) + oy) % d < side  # (n, H)
         hide_x = (torch.arange(w, device=img.device) + ox) % d < side  # (n, W)
         keep = ~(hide_y[:, :, None] & hide_x[:, None, :] & (apply[:, :, None] > 0))
