@@ -55,7 +55,8 @@ WIDTH, HEIGHT, CAMERAS, NUM_CLASSES = 1408, 512, 6, 4
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12}  # dense bf16 tensor-core peak (SXM datasheet)
 
 
-def camera_projection(position: tuple[float, float, float], yaw: float, focal: float) -> torch.Tensor:
+def camera_projection(position: tuple[float, float, float], yaw: float, focal: float,
+                      width: int = WIDTH, height: int = HEIGHT) -> torch.Tensor:
     """K @ world_to_camera for a level camera at `position` looking along `yaw`."""
     fwd = torch.tensor([math.cos(yaw), math.sin(yaw), 0.0])
     down = torch.tensor([0.0, 0.0, -1.0])
@@ -66,7 +67,7 @@ def camera_projection(position: tuple[float, float, float], yaw: float, focal: f
     w2c[:3, 3] = -rot @ torch.tensor(position)
     k = torch.eye(4)
     k[0, 0] = k[1, 1] = focal
-    k[0, 2], k[1, 2] = WIDTH / 2, HEIGHT / 2
+    k[0, 2], k[1, 2] = width / 2, height / 2
     return k @ w2c
 
 
@@ -80,10 +81,12 @@ def scene_anchors(num: int, seed: int = 0) -> np.ndarray:
     return a
 
 
-def synthetic_batch(batch: int, num_gt: int, step: int, seed: int = 0, pin: bool = True) -> dict:
+def synthetic_batch(batch: int, num_gt: int, step: int, seed: int = 0, pin: bool = True,
+                    width: int = WIDTH, height: int = HEIGHT) -> dict:
     """Six cameras on a 25 m ring looking at the centre; num_gt people per sample; pinned CPU tensors."""
     g = torch.Generator().manual_seed(seed + step)
-    proj = torch.stack([camera_projection((25 * math.cos(a), 25 * math.sin(a), 3.0), a + math.pi, 700.0)
+    focal = 700.0 * width / WIDTH
+    proj = torch.stack([camera_projection((25 * math.cos(a), 25 * math.sin(a), 3.0), a + math.pi, focal, width, height)
                         for a in np.linspace(0, 2 * math.pi, CAMERAS, endpoint=False)])
     boxes, labels, ids = [], [], []
     for _ in range(batch):
@@ -96,12 +99,12 @@ def synthetic_batch(batch: int, num_gt: int, step: int, seed: int = 0, pin: bool
         boxes.append(b)
         labels.append(torch.randint(0, NUM_CLASSES, (num_gt,), generator=g))
         ids.append(torch.arange(num_gt) + 100)
-    depth = torch.rand(batch, CAMERAS, HEIGHT, WIDTH, generator=g) * 30
-    depth = depth * (torch.rand(batch, CAMERAS, HEIGHT, WIDTH, generator=g) > 0.7)
+    depth = torch.rand(batch, CAMERAS, height, width, generator=g) * 30
+    depth = depth * (torch.rand(batch, CAMERAS, height, width, generator=g) > 0.7)
     out = {
-        "img": torch.randn(batch, CAMERAS, 3, HEIGHT, WIDTH, generator=g),
+        "img": torch.randn(batch, CAMERAS, 3, height, width, generator=g),
         "projection_mat": proj[None].expand(batch, -1, -1, -1).clone(),
-        "image_wh": torch.tensor([float(WIDTH), float(HEIGHT)]).expand(batch, CAMERAS, 2).clone(),
+        "image_wh": torch.tensor([float(width), float(height)]).expand(batch, CAMERAS, 2).clone(),
         "timestamp": torch.full((batch,), step / 30.0, dtype=torch.float64),
         "first_frame": torch.full((batch,), step == 0),
         "gt_bboxes_3d": boxes, "gt_labels_3d": labels, "instance_ids": ids, "gt_depth": depth,
@@ -538,12 +541,15 @@ def main() -> int:
         parts = torch.nn.ModuleList([model.backbone, model.neck])
         bb_opt = torch.optim.AdamW(parts.parameters(), lr=1e-4, fused=True)
         img = torch.randn(args.batch, CAMERAS, 3, HEIGHT, WIDTH, device=device)
+        extract = model.extract_features  # compiled in place with --compile-backbone
+        if args.compile:  # the training step compiles backbone and neck inside `encode_images`: compile them the same way here
+            extract = torch.compile(model.extract_features, mode=None if args.compile_mode == "default" else args.compile_mode)
 
         def backbone_step() -> None:
             if (args.compile or args.compile_backbone) and args.compile_mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
             with autocast():
-                feats = model.extract_features(img)
+                feats = extract(img)
                 loss = sum(f.float().mean() for f in feats)
             loss.backward()
             bb_opt.step()

@@ -1,17 +1,18 @@
-"""Regional torch.compile of the training step: backbone, neck, one region per decoder layer, the losses.
+"""Regional torch.compile of the training step: the image encoding, one region per decoder layer, the losses.
 
 An eager training step of the default config launches thousands of small kernels in the decoder
 layers and the per-layer losses; the host spends longer issuing them than the GPU spends running them.
 Compiled regions fuse the elementwise chains, and with `reduce-overhead` each region replays as a CUDA
-graph. A region is one decoder layer (`head.decoder_layer`: anchor embedding, attention, aggregation,
-FFN, norms, refinement), reused by all six layers since compiled code is shared across calls of one
-function; and all layers' losses together (`decoder_losses`). Compiling the whole head as one graph
-was measured at over 6 minutes of compilation per variant on an H100 host; one region per module
-(about 50 a step) compiled fast but each CUDA-graph replay costs the host about 0.5 ms of checks and
-copies, twice per step (forward, backward): on an H200 that overhead alone was about 55 ms of a 156 ms
-step. The fused aggregation is a custom op, so a decoder layer compiles through it without a graph
-break. Modules are compiled in place (`nn.Module.compile`) or through the functions that call them, so
-state-dict keys and checkpoints do not change.
+graph. A region is everything that reads the images (`Sparse4D.encode_images`: backbone, neck, the
+packed feature levels, the dense-depth loss); one decoder layer (`head.decoder_layer`: anchor
+embedding, attention, aggregation, FFN, norms, refinement), reused by all six layers since compiled
+code is shared across calls of one function; and all layers' losses together (`decoder_losses`).
+Compiling the whole head as one graph was measured at over 6 minutes of compilation per variant on an
+H100 host; one region per module (about 50 a step) compiled fast but each CUDA-graph replay costs the
+host about 0.5 ms of checks and copies, twice per step (forward, backward): on an H200 that overhead
+alone was about 55 ms of a 156 ms step. The fused aggregation is a custom op, so a decoder layer
+compiles through it without a graph break. Regions are compiled through the functions that call the
+modules, so state-dict keys and checkpoints do not change.
 """
 from __future__ import annotations
 
@@ -23,24 +24,24 @@ from torch import nn
 LOG = logging.getLogger(__name__)
 
 
-def compile_regions(model: nn.Module, mode: str | None = None, backbone: bool = True) -> int:
-    """Compile a `Sparse4D`'s backbone and neck (unless `backbone` is False), the head's feature
-    packing and decoder layer, and the decoder losses; returns how many regions were wrapped. Shapes
+def compile_regions(model: nn.Module, mode: str | None = None, backbone: bool = True, backend: str = "inductor") -> int:
+    """Compile a `Sparse4D`'s image encoding (`encode_images`: backbone, neck, feature packing, depth
+    loss; only the packing when `backbone` is False), its decoder layer, and the decoder losses;
+    returns how many functions were wrapped. Shapes
     are static per config (denoising pads to a fixed query count only when every sample has max_dn_gt
     boxes, so a few shape variants may compile). `mode` is torch.compile's (None: default;
-    "reduce-overhead" also replays each region from CUDA graphs)."""
-    regions = 0
-    for module in (model.backbone, model.neck) if backbone else ():
-        if isinstance(module, nn.Identity):
-            continue
-        module.compile(mode=mode)  # in place: state-dict keys do not change
-        regions += 1
+    "reduce-overhead" also replays each region from CUDA graphs); `backend` another torch.compile
+    backend (benchmarks/eager_ops.py uses "aot_eager" to see which work stays outside the regions)."""
+    options = {"mode": mode} if backend == "inductor" else {"backend": backend}
     head = model.head
-    head.prepare_levels = torch.compile(head.prepare_levels, mode=mode)
-    head.decoder_layer = torch.compile(head.decoder_layer, mode=mode)
-    model.decoder_losses = torch.compile(model.decoder_losses, mode=mode)
-    LOG.info("compiled %d regions (mode %s)", regions + 3, mode or "default")
-    return regions + 3
+    if backbone:  # backbone, neck, packing and the depth loss: one region
+        model.encode_images = torch.compile(model.encode_images, **options)
+    else:
+        head.prepare_levels = torch.compile(head.prepare_levels, **options)
+    head.decoder_layer = torch.compile(head.decoder_layer, **options)
+    model.decoder_losses = torch.compile(model.decoder_losses, **options)
+    LOG.info("compiled 3 regions (mode %s, backend %s)", mode or "default", backend)
+    return 3
 
 
 def compile_for_training(model: nn.Module, mode: str, on_gpu: bool) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparse4d.batch import ANCHOR_COS, ANCHOR_H, ANCHOR_SIN, ANCHOR_VX, ANCHOR_W
@@ -12,7 +13,14 @@ from .blocks import linear_relu_ln
 
 
 class AnchorEncoder(nn.Module):
-    """Four small MLPs combined by concatenation ("cat") or sum ("add"), with an optional output MLP."""
+    """Four small MLPs combined by concatenation ("cat") or sum ("add"), with an optional output MLP.
+
+    Every decoder layer embeds its anchors with this one encoder. In training the head passes all its
+    parameters as one tensor (`flat_parameters`, once per step): autograd then sums the layers'
+    gradients for that one tensor, one kernel per extra layer, where it would add each of the 64
+    parameter tensors separately (about 320 small kernels per step at the default config, issued
+    eagerly between the compiled decoder-layer regions).
+    """
 
     def __init__(
         self,
@@ -45,16 +53,49 @@ class AnchorEncoder(nn.Module):
             out_dims = pos
         self.output_fc = nn.Sequential(*linear_relu_ln(out_dims, in_loops, out_loops)) if output_fc else None
 
-    def forward(self, anchor: Tensor) -> Tensor:
-        parts = [self.pos_fc(anchor[..., :3])]
+    def flat_parameters(self) -> Tensor:
+        """All parameters concatenated, in `named_parameters` order: the `params` of `forward`."""
+        return torch.cat([p.reshape(-1) for p in self.parameters()])
+
+    def forward(self, anchor: Tensor, params: Tensor | None = None) -> Tensor:
+        """Embed (..., 11) anchors; `params` (from `flat_parameters`) replaces the module's own."""
+        named = None if params is None else self._unflatten(params)
+
+        def mlp(name: str, x: Tensor) -> Tensor:
+            return run_mlp(getattr(self, name), name, x, named)
+
+        parts = [mlp("pos_fc", anchor[..., :3])]
         if not self.pos_embed_only:
-            assert self.size_fc is not None and self.yaw_fc is not None
-            parts.append(self.size_fc(anchor[..., ANCHOR_W : ANCHOR_H + 1]))
-            parts.append(self.yaw_fc(anchor[..., ANCHOR_SIN : ANCHOR_COS + 1]))
+            parts.append(mlp("size_fc", anchor[..., ANCHOR_W : ANCHOR_H + 1]))
+            parts.append(mlp("yaw_fc", anchor[..., ANCHOR_SIN : ANCHOR_COS + 1]))
             if self.vel_fc is not None:
-                parts.append(self.vel_fc(anchor[..., ANCHOR_VX : ANCHOR_VX + self.vel_dims]))
+                parts.append(mlp("vel_fc", anchor[..., ANCHOR_VX : ANCHOR_VX + self.vel_dims]))
         if self.mode == "cat":
             out = torch.cat(parts, dim=-1)
         else:
             out = torch.stack(parts).sum(0)
-        return out if self.output_fc is None else self.output_fc(out)
+        return out if self.output_fc is None else mlp("output_fc", out)
+
+    def _unflatten(self, params: Tensor) -> dict[str, Tensor]:
+        shapes = [(name, p.shape) for name, p in self.named_parameters()]
+        sizes = [shape.numel() for _, shape in shapes]
+        if params.shape != (sum(sizes),):
+            raise ValueError(f"params has shape {tuple(params.shape)}, the encoder's parameters are {sum(sizes)} values: use flat_parameters()")
+        return {name: chunk.view(shape) for (name, shape), chunk in zip(shapes, params.split(sizes))}
+
+
+def run_mlp(layers: nn.Sequential, prefix: str, x: Tensor, params: dict[str, Tensor] | None) -> Tensor:
+    """`layers(x)`, or the same Linear/ReLU/LayerNorm stack with weights taken from `params` by name."""
+    if params is None:
+        return layers(x)
+    for index, layer in enumerate(layers):
+        name = f"{prefix}.{index}"
+        if isinstance(layer, nn.Linear):
+            x = F.linear(x, params[f"{name}.weight"], params[f"{name}.bias"])
+        elif isinstance(layer, nn.LayerNorm):
+            x = F.layer_norm(x, layer.normalized_shape, params[f"{name}.weight"], params[f"{name}.bias"], layer.eps)
+        elif isinstance(layer, nn.ReLU):
+            x = F.relu(x)
+        else:
+            raise TypeError(f"run_mlp does not know {type(layer).__name__}")
+    return x

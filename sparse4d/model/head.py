@@ -106,12 +106,14 @@ class Sparse4DHead(nn.Module):
         carried_dn: CarriedDenoising | None = None,
         carried_dn_targets: tuple[Tensor, Tensor] | None = None,
         on_layer: Callable[[Tensor, Tensor], None] | None = None,
+        levels: FeatureLevels | None = None,
     ) -> HeadOutput:
         """prev_features/prev_anchors: the instance bank state's carried instances (B, T, ...).
 
         carried_dn (and its targets) must already have the current denoising group size. `on_layer`
         gets each decoder layer's (class logits, anchors) as soon as they are queued (training starts
-        that layer's matching there). Every
+        that layer's matching there). `levels`: `feature_maps` already through `prepare_levels` (the
+        training step packs them in the same compiled region as the backbone). Every
         branch here depends on which inputs are given and on shapes, never on tensor values, so one
         call can be captured in a CUDA graph (`graphed_stream.GraphedStream` captures whole frames).
         """
@@ -125,14 +127,18 @@ class Sparse4DHead(nn.Module):
             anchor = torch.cat([anchor, dn.anchors.to(anchor.dtype)], dim=1)
             feature = torch.cat([feature, feature.new_zeros(b, dn.num_queries, feature.shape[-1])], dim=1)
         mask = attention_mask(a, dn, b, anchor.device)
-        levels = self.prepare_levels(feature_maps, any(getattr(layer, "prefer_fused", False) for layer in self.layers))
+        if levels is None:
+            levels = self.prepare_levels(feature_maps, self.prefers_fused())
+        # training: the anchor encoder's parameters as one tensor, so its six layers' gradients are
+        # summed in one buffer (see AnchorEncoder); inference (export, quantized weights) uses the module
+        anchor_params = self.anchor_encoder.flat_parameters() if self.training and torch.is_grad_enabled() else None
         out = HeadOutput(dn=dn)
         for ops, modules in self.decoder_segments():
             # Up to the first layer after the merge, temp_gnn keys are embedded from the carried anchors;
             # later layers use the first T rows of the queries' own embedding (upstream's order).
             temp_rows = bank.num_temp if self.temporal and len(out.prediction) > self.num_single_frame_decoder else 0
             feature, anchor, cls, quality = self.decoder_layer(
-                ops, modules, self.anchor_encoder, feature, anchor, carried_anchor, temp_rows,
+                ops, modules, self.anchor_encoder, anchor_params, feature, anchor, carried_anchor, temp_rows,
                 carried_feature, temporal_mask, mask, levels, projection_mat, image_wh, time_interval,
             )
             if cls is None:  # operations after the last refine
@@ -150,6 +156,11 @@ class Sparse4DHead(nn.Module):
                     mask = attention_mask(a, out.dn, b, anchor.device)
         out.instance_feature = feature
         return out
+
+    def prefers_fused(self) -> bool:
+        """Whether a deformable layer will use the fused kernel where one is plugged in (so the
+        feature maps are packed for it)."""
+        return any(getattr(layer, "prefer_fused", False) for layer in self.layers)
 
     def decoder_segments(self) -> list[tuple[tuple[str, ...], list[nn.Module]]]:
         """`operation_order` cut after every refine: one (operations, modules) pair per decoder layer,
@@ -236,7 +247,8 @@ class Sparse4DHead(nn.Module):
 def decoder_layer(
     ops: tuple[str, ...],
     modules: list[nn.Module],
-    anchor_encoder: nn.Module,
+    anchor_encoder: AnchorEncoder,
+    anchor_params: Tensor | None,
     feature: Tensor,
     anchor: Tensor,
     carried_anchor: Tensor,
@@ -249,18 +261,18 @@ def decoder_layer(
     image_wh: Tensor,
     time_interval: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """One decoder layer: embed the anchors, then run `ops` (ending in refine, except for operations
-    after the last refine). temp_gnn's keys are the carried instances, embedded from `carried_anchor`,
+    """One decoder layer: embed the anchors (with `anchor_params` when given, the encoder's
+    `flat_parameters`), then run `ops` (ending in refine, except for operations after the last refine). temp_gnn's keys are the carried instances, embedded from `carried_anchor`,
     or, once `temp_rows` > 0, the first `temp_rows` rows of the queries' own embedding. Returns
     (feature, anchor, class logits, quality); the logits are None without a refine.
 
     A plain function of tensors, so torch.compile makes one region of the whole layer that every layer
     reuses: one CUDA-graph replay per layer and direction instead of one per module.
     """
-    anchor_embed = anchor_encoder(anchor)
+    anchor_embed = anchor_encoder(anchor, anchor_params)
     temp_anchor_embed = None
     if "temp_gnn" in ops:
-        temp_anchor_embed = anchor_embed[:, :temp_rows] if temp_rows > 0 else anchor_encoder(carried_anchor)
+        temp_anchor_embed = anchor_embed[:, :temp_rows] if temp_rows > 0 else anchor_encoder(carried_anchor, anchor_params)
     cls = quality = None
     for op, layer in zip(ops, modules):
         if op == "temp_gnn":

@@ -26,6 +26,7 @@ from .decoder import decode_topk, to_detections
 from .denoising import CarriedDenoising, DenoisingQueries, PendingDenoising, fit_group_size, retarget_carried, start_denoising_queries
 from .depth import DenseDepthNet
 from .grid_mask import GridMask
+from .aggregation import FeatureLevels
 from .head import HeadOutput, Sparse4DHead
 from .instance_bank import InstanceBank, InstanceBankState, gather_rows, load_anchors
 from .losses import allow_reversed_yaw, centerness_loss, sigmoid_focal_loss, weighted_l1, yawness_loss
@@ -252,6 +253,22 @@ class Sparse4D(nn.Module):
         feats = self.neck(self.backbone(img.flatten(0, 1)))
         return [f.reshape(b, n, *f.shape[1:]) for f in feats]
 
+    def encode_images(
+        self, img: Tensor, projection_mat: Tensor | None = None, gt_depth: Tensor | None = None
+    ) -> tuple[list[Tensor], FeatureLevels, Tensor | None]:
+        """Everything in a step that reads the images: FPN levels, the head's packed copy of them and,
+        given depth targets (B, N, H, W), the dense-depth loss (`projection_mat` gives the focal
+        lengths). A plain function of tensors, so in training `compile_regions` makes one region of
+        it: one CUDA-graph replay per direction instead of one each for backbone, neck and packing,
+        plus the depth branch's eager kernels."""
+        feats = self.extract_features(img)
+        levels = self.head.prepare_levels(feats, self.head.prefers_fused())
+        loss_depth = None
+        if self.depth_branch is not None and gt_depth is not None and projection_mat is not None:
+            focal = projection_mat.to(feats[0].dtype)[..., 0, 0]
+            loss_depth = self.depth_branch.loss(self.depth_branch(feats, focal), gt_depth.float())
+        return feats, levels, loss_depth
+
     def _check_images(self, img: Tensor) -> None:
         if img.dim() != 5 or img.shape[2] != 3:
             raise DataError(f"batch['img'] must be (B, N, 3, H, W), got {tuple(img.shape)}")
@@ -356,10 +373,12 @@ class Sparse4D(nn.Module):
 
         if self.grid_mask is not None:
             img = self.grid_mask(img)
-        feats = self.extract_features(img)
-        projection_mat = batch["projection_mat"].to(device=device, dtype=feats[0].dtype)
+        projection_mat = batch["projection_mat"].to(device=device)
+        gt_depth = batch["gt_depth"].to(device=device) if self.training and "gt_depth" in batch else None
+        feats, levels, loss_depth = self.encode_images(img, projection_mat, gt_depth)
+        projection_mat = projection_mat.to(feats[0].dtype)
         image_wh = batch["image_wh"].to(device=device, dtype=feats[0].dtype)
-        head_kwargs: dict[str, Any] = {}
+        head_kwargs: dict[str, Any] = {"levels": levels}
         matcher = None
         if gt is not None:
             if pending_dn is not None:
@@ -390,9 +409,8 @@ class Sparse4D(nn.Module):
         }
         if self.return_feature:
             out["instance_feature"] = head_out.instance_feature
-        if self.training and self.depth_branch is not None and "gt_depth" in batch:
-            focal = projection_mat[..., 0, 0]
-            out["depths"] = self.depth_branch(feats, focal)
+        if loss_depth is not None:
+            out["loss_depth"] = loss_depth
         return out
 
     def _denoising_inputs(self, dn: DenoisingQueries, gt: dict[str, list[Tensor]], batch_size: int) -> dict[str, Any]:
@@ -557,8 +575,8 @@ class Sparse4D(nn.Module):
         )
         self._remember_carried_targets(final, ids)
         losses = dict(losses)
-        if "depths" in out and self.depth_branch is not None:
-            losses["loss_depth"] = self.depth_branch.loss(out["depths"], batch["gt_depth"].to(device=device, dtype=torch.float32))
+        if out.get("loss_depth") is not None:  # computed with the image features (`encode_images`)
+            losses["loss_depth"] = out["loss_depth"]
         losses["loss"] = torch.stack(list(losses.values())).sum()
         return losses
 

@@ -122,3 +122,24 @@ def test_decoder_layers_share_one_compiled_region(tmp_path: Path) -> None:
     assert graphs == [3, 3]
     assert not counters["graph_break"]
     dynamo.reset()
+
+
+def test_image_encoding_is_one_region_with_the_depth_loss(tmp_path: Path) -> None:
+    """`encode_images` (backbone, neck, packed levels, dense-depth loss) traces as one graph without
+    breaks, and its depth loss is the depth branch's loss on the FPN levels."""
+    import torch._dynamo as dynamo
+
+    from tests.model.model_helpers import synthetic_batch
+
+    torch.manual_seed(0)
+    model = small_model(tmp_path).train()
+    batch = synthetic_batch(2, seed=3)
+    img, projection, gt_depth = batch["img"], batch["projection_mat"], batch["gt_depth"]
+    explained = dynamo.explain(model.encode_images)(img, projection, gt_depth)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    feats, levels, loss_depth = model.encode_images(img, projection, gt_depth)
+    expected = model.depth_branch.loss(model.depth_branch(model.extract_features(img), projection[..., 0, 0]), gt_depth)
+    assert loss_depth is not None and float(loss_depth) > 0
+    torch.testing.assert_close(loss_depth, expected, rtol=0, atol=0)
+    assert levels is feats  # on the CPU the maps themselves: packed only for the fused CUDA kernel
+    assert model.encode_images(img)[2] is None  # no targets: no depth loss

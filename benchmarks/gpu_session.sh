@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One stage of the GPU measurements of issue 11, for a lent GPU machine whose calls are capped at
+# 10 minutes: run the stages as separate calls. Output goes to files under $OUT (default ./gpu_out),
+# never through a pipe: a timed-out test can leave dataloader workers that hold a pipe open and lose
+# everything printed before.
+#
+#   bash benchmarks/gpu_session.sh tests              # the GPU-marked tests (-m gpu)
+#   bash benchmarks/gpu_session.sh kernel             # fused aggregation, both pixel-backward modes
+#   bash benchmarks/gpu_session.sh train [ARGS...]    # compiled training step, --profile --host-timeline
+#   bash benchmarks/gpu_session.sh eager-ops          # eager ops between the regions (CPU-side count)
+#
+# Needs python3 with torch (CUDA) and Triton; pydantic and jsonschema are installed from ./.wheels
+# when present (a machine without an index: `pip download -d .wheels ... pydantic jsonschema`).
+set -u
+stage="${1:?stage: tests | kernel | train | eager-ops}"
+shift
+out="${OUT:-$PWD/gpu_out}"
+mkdir -p "$out"
+if ls .wheels/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .wheels/*.whl >"$out/pip.log" 2>&1
+    export PYTHONPATH="/tmp/site:$PWD"
+else
+    export PYTHONPATH="$PWD"
+fi
+export PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/gpu.txt" 2>&1
+python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" >>"$out/gpu.txt" 2>&1
+
+case "$stage" in
+    tests)
+        timeout 560 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu tests/model tests/engine \
+            >"$out/gpu_tests.log" 2>&1
+        ;;
+    kernel)
+        for mode in segments chunks; do
+            timeout 250 python3 benchmarks/aggregation_kernel.py --points clustered --pixel-backward "$mode" \
+                --json "$out/agg_clustered_$mode.json" >"$out/agg_clustered_$mode.log" 2>&1
+        done
+        ;;
+    train)
+        timeout 570 python3 benchmarks/train_throughput.py --steps 16 --warmup 5 --fused-adam --compile \
+            --compile-mode reduce-overhead --flops-tflop 12.27 --profile --host-timeline \
+            --json "$out/train.json" "$@" >"$out/train.log" 2>&1
+        ;;
+    eager-ops)
+        timeout 570 python3 benchmarks/eager_ops.py --json "$out/eager_ops.json" >"$out/eager_ops.log" 2>&1
+        ;;
+    *)
+        echo "unknown stage $stage (tests | kernel | train | eager-ops)" >&2
+        exit 2
+        ;;
+esac
+status=$?
+echo "stage $stage exit $status" >>"$out/gpu.txt"
+exit $status
