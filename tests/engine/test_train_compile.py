@@ -139,7 +139,7 @@ def test_image_encoding_is_one_region_with_the_depth_loss(tmp_path: Path) -> Non
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
     feats, levels, loss_depth = model.encode_images(img, projection, gt_depth)
     expected = model.depth_branch.loss(model.depth_branch(model.extract_features(img), projection[..., 0, 0]), gt_depth)
-    assert loss_depth is not None and float(loss_depth) > 0
+    assert loss_depth is not None and float(loss_depth.detach()) > 0
     torch.testing.assert_close(loss_depth, expected, rtol=0, atol=0)
     assert levels is feats  # on the CPU the maps themselves: packed only for the fused CUDA kernel
     assert model.encode_images(img)[2] is None  # no targets: no depth loss
