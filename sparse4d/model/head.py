@@ -262,9 +262,10 @@ def decoder_layer(
     time_interval: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """One decoder layer: embed the anchors (with `anchor_params` when given, the encoder's
-    `flat_parameters`), then run `ops` (ending in refine, except for operations after the last refine). temp_gnn's keys are the carried instances, embedded from `carried_anchor`,
-    or, once `temp_rows` > 0, the first `temp_rows` rows of the queries' own embedding. Returns
-    (feature, anchor, class logits, quality); the logits are None without a refine.
+    `flat_parameters`), then run `ops` (ending in refine, except for operations after the last
+    refine). temp_gnn's keys are the carried instances, embedded from `carried_anchor`, or, once
+    `temp_rows` > 0, the first `temp_rows` rows of the queries' own embedding. Returns (feature,
+    anchor, class logits, quality); the logits are None without a refine.
 
     A plain function of tensors, so torch.compile makes one region of the whole layer that every layer
     reuses: one CUDA-graph replay per layer and direction instead of one per module.

@@ -19,6 +19,7 @@ from torch.nn.utils.rnn import pad_sequence
 from sparse4d.batch import ANCHOR_VX, check_targets
 from sparse4d.errors import DataError
 
+from .aggregation import FeatureLevels
 from .anchor_encoder import AnchorEncoder
 from .backbone import ResNet
 from .box_coding import encode_boxes
@@ -26,7 +27,6 @@ from .decoder import decode_topk, to_detections
 from .denoising import CarriedDenoising, DenoisingQueries, PendingDenoising, fit_group_size, retarget_carried, start_denoising_queries
 from .depth import DenseDepthNet
 from .grid_mask import GridMask
-from .aggregation import FeatureLevels
 from .head import HeadOutput, Sparse4DHead
 from .instance_bank import InstanceBank, InstanceBankState, gather_rows, load_anchors
 from .losses import allow_reversed_yaw, centerness_loss, sigmoid_focal_loss, weighted_l1, yawness_loss
