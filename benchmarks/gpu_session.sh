@@ -4,7 +4,8 @@
 # never through a pipe: a timed-out test can leave dataloader workers that hold a pipe open and lose
 # everything printed before.
 #
-#   bash benchmarks/gpu_session.sh tests              # the GPU-marked tests (-m gpu)
+#   bash benchmarks/gpu_session.sh tests              # GPU-marked tests of the kernels and the model
+#   bash benchmarks/gpu_session.sh tests-train        # GPU-marked trainer tests (Lightning, compiled regions; slow)
 #   bash benchmarks/gpu_session.sh kernel             # fused aggregation, both pixel-backward modes
 #   bash benchmarks/gpu_session.sh train [ARGS...]    # compiled training step, --profile --host-timeline
 #   bash benchmarks/gpu_session.sh eager-ops          # eager ops between the regions (CPU-side count)
@@ -12,8 +13,12 @@
 # Needs python3 with torch (CUDA) and Triton; pydantic and jsonschema are installed from ./.wheels
 # when present (a machine without an index: `pip download -d .wheels ... pydantic jsonschema`).
 set -u
-stage="${1:?stage: tests | kernel | train | eager-ops}"
+stage="${1:?stage: tests | tests-train | kernel | train | eager-ops}"
 shift
+case "$stage" in
+    tests | tests-train | kernel | train | eager-ops) ;;
+    *) echo "unknown stage $stage (tests | tests-train | kernel | train | eager-ops)" >&2; exit 2 ;;
+esac
 out="${OUT:-$PWD/gpu_out}"
 mkdir -p "$out"
 if ls .wheels/*.whl >/dev/null 2>&1; then
@@ -28,8 +33,12 @@ python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" 
 
 case "$stage" in
     tests)
-        timeout 560 python3 -m pytest -q -p no:cacheprovider -m gpu tests/gpu tests/model tests/engine \
+        timeout 560 python3 -m pytest -q -p no:cacheprovider --durations=10 -m gpu tests/gpu tests/model \
             >"$out/gpu_tests.log" 2>&1
+        ;;
+    tests-train)
+        timeout 570 python3 -m pytest -q -p no:cacheprovider --durations=10 -m gpu tests/engine \
+            >"$out/gpu_tests_train.log" 2>&1
         ;;
     kernel)
         for mode in segments chunks; do
@@ -44,10 +53,6 @@ case "$stage" in
         ;;
     eager-ops)
         timeout 570 python3 benchmarks/eager_ops.py --json "$out/eager_ops.json" >"$out/eager_ops.log" 2>&1
-        ;;
-    *)
-        echo "unknown stage $stage (tests | kernel | train | eager-ops)" >&2
-        exit 2
         ;;
 esac
 status=$?
