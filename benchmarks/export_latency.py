@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from model_forward_backward import anchors, build, projection  # noqa: E402
 
+from sparse4d.batch import normalized_images  # noqa: E402
 from sparse4d.engine.onnx_graph import check_export_fits, export_frame_graph  # noqa: E402
 from sparse4d.engine.onnx_runner import OnnxFrameRunner  # noqa: E402
 from sparse4d.model.sparse4d import Sparse4D  # noqa: E402
@@ -59,7 +60,7 @@ def time_onnx(runner: OnnxFrameRunner, frames: list[dict], warmup: int) -> list[
     for i, batch in enumerate(frames[:warmup] + frames):
         if i == warmup:
             runner.reset()
-        args = (batch["img"].numpy(), batch["projection_mat"].numpy(), batch["image_wh"].numpy())
+        args = (normalized_images(batch).numpy(), batch["projection_mat"].numpy(), batch["image_wh"].numpy())
         start = time.perf_counter()
         runner.run_frame(*args, timestamp=float(batch["timestamp"][0]), first_frame=bool(batch["first_frame"][0]))
         if i >= warmup:

@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from sparse4d.batch import normalized_images
 from sparse4d.config.model import ModelConfig
 from sparse4d.model.decoder import to_detections
 from sparse4d.model.fused_aggregation import enable_fused_aggregation
@@ -85,6 +86,7 @@ def main() -> int:
     batches = []
     for step in range(8):
         b = to_device(synthetic_batch(1, 32, step), device)
+        b["img"] = normalized_images(b)  # forward_frame/predict_frame take normalised float images
         b["first_frame"] = torch.tensor([step == 0], device=device)
         batches.append(b)
     autocast = contextlib.nullcontext if args.fp32 else (lambda: torch.autocast("cuda", dtype=torch.bfloat16))

@@ -102,7 +102,10 @@ def synthetic_batch(batch: int, num_gt: int, step: int, seed: int = 0, pin: bool
     depth = torch.rand(batch, CAMERAS, height, width, generator=g) * 30
     depth = depth * (torch.rand(batch, CAMERAS, height, width, generator=g) > 0.7)
     out = {
-        "img": torch.randn(batch, CAMERAS, 3, height, width, generator=g),
+        # uint8 pixels and their normalisation, as the dataset hands them over (normalised on the GPU)
+        "img": torch.randint(0, 256, (batch, CAMERAS, 3, height, width), dtype=torch.uint8, generator=g),
+        "img_mean": torch.tensor([123.675, 116.28, 103.53]).expand(batch, 3).clone(),
+        "img_std": torch.tensor([58.395, 57.12, 57.375]).expand(batch, 3).clone(),
         "projection_mat": proj[None].expand(batch, -1, -1, -1).clone(),
         "image_wh": torch.tensor([float(width), float(height)]).expand(batch, CAMERAS, 2).clone(),
         "timestamp": torch.full((batch,), step / 30.0, dtype=torch.float64),

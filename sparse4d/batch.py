@@ -7,7 +7,10 @@ AICity timestamps restart per scene).
 
 Keys of one collated batch (B sequences x N cameras, images at the model input size H x W):
 
-- ``img``: float32 (B, N, 3, H, W), normalised RGB.
+- ``img``: (B, N, 3, H, W) in the model's channel order: uint8 pixels as the dataset hands them over,
+  with ``img_mean`` and ``img_std`` float32 (B, 3), the normalisation the model applies on its device
+  (`normalized_images`: a quarter of the bytes through worker shared memory, pinned memory and the
+  host-to-GPU copy); or float32 already normalised (then no ``img_mean``/``img_std``).
 - ``projection_mat``: float32 (B, N, 4, 4). Maps a homogeneous world point [x, y, z, 1] (metres, in the
   recentered scene frame) to [u*d, v*d, d, 1] where (u, v) are pixels of the *augmented* input image
   and d the camera-frame depth. Equals K_aug(4x4) @ world_to_camera(4x4).
@@ -47,3 +50,23 @@ def check_targets(batch: dict, num_classes: int) -> None:
             raise DataError(f"sample {i}: gt_bboxes_3d must be (M, 10) matching gt_labels_3d (M,), got {tuple(boxes.shape)} and {tuple(labels.shape)}")
         if labels.device.type == "cpu" and labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
             raise DataError(f"sample {i}: gt_labels_3d outside [0, {num_classes})", key="dataset.classes")
+
+
+def normalized_images(batch: dict, device=None):
+    """batch["img"] as the float32 normalised images the network takes, on `device` (default: where
+    the images are). uint8 images are moved first and normalised there with ``img_mean``/``img_std``;
+    float images pass through."""
+    from sparse4d.errors import DataError
+
+    img = batch["img"]
+    if device is not None:
+        img = img.to(device, non_blocking=True)
+    if img.is_floating_point():
+        return img
+    if "img_mean" not in batch or "img_std" not in batch:
+        raise DataError(f"batch['img'] is {img.dtype} but the batch has no img_mean/img_std to normalise it with",
+                        hint="collate samples of OVPKLDataset with collate_sparse4d, or pass float32 normalised images")
+    b = img.shape[0]
+    mean = batch["img_mean"].to(img.device, non_blocking=True).float().reshape(-1, 1, 3, 1, 1).expand(b, 1, 3, 1, 1)
+    std = batch["img_std"].to(img.device, non_blocking=True).float().reshape(-1, 1, 3, 1, 1).expand(b, 1, 3, 1, 1)
+    return (img.float() - mean) / std

@@ -7,7 +7,7 @@ import torch
 
 from sparse4d.errors import DataError
 
-STACKED_KEYS = ("img", "projection_mat", "image_wh", "gt_depth")
+STACKED_KEYS = ("img", "img_mean", "img_std", "projection_mat", "image_wh", "gt_depth")
 LIST_KEYS = ("gt_bboxes_3d", "gt_labels_3d", "instance_ids", "sample_token", "scene")
 
 

@@ -99,6 +99,7 @@ def decoded_as_tensors(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def predict_onnx(runner: OnnxFrameRunner, loader: Any, classes: list[str], tracking_threshold: float) -> dict[str, list[dict]]:
     """{sample_token: [result box, ...]} over a batch-1 evaluation loader (frames in time order)."""
+    from sparse4d.batch import normalized_images
     from sparse4d.engine.predictions import add_first, results_from_decoded
 
     runner.reset()
@@ -106,7 +107,7 @@ def predict_onnx(runner: OnnxFrameRunner, loader: Any, classes: list[str], track
     for batch in loader:
         if batch["img"].shape[0] != 1:
             raise SpecError("ONNX inference runs one sequence at a time", key="inference.batch_size", hint="use -1 or 1")
-        out = runner.run_frame(batch["img"].numpy(), batch["projection_mat"].numpy(), batch["image_wh"].numpy(),
+        out = runner.run_frame(normalized_images(batch).numpy(), batch["projection_mat"].numpy(), batch["image_wh"].numpy(),
                                timestamp=float(batch["timestamp"][0]), first_frame=bool(batch["first_frame"][0]),
                                tracking_threshold=tracking_threshold)
         add_first(results, results_from_decoded(decoded_as_tensors(out), batch, classes))

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sparse4d.batch import normalized_images
+
 from .instance_bank import InstanceBankState
 
 LOG = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ class _CapturedFrame:
 
 def _frame_inputs(batch: dict[str, Any], device: torch.device) -> dict[str, Tensor]:
     return {
-        "img": batch["img"].to(device),
+        "img": normalized_images(batch, device),
         "projection_mat": batch["projection_mat"].to(device),
         "image_wh": batch["image_wh"].to(device),
         "timestamp": batch["timestamp"].to(device=device, dtype=torch.float64),

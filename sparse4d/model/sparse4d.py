@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
-from sparse4d.batch import ANCHOR_VX, check_targets
+from sparse4d.batch import ANCHOR_VX, check_targets, normalized_images
 from sparse4d.errors import DataError
 
 from .aggregation import FeatureLevels
@@ -343,7 +343,7 @@ class Sparse4D(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         """One streamed frame batch; uses and updates the internal temporal state."""
-        img = batch["img"]
+        img = normalized_images(batch)  # uint8 from the dataset: normalised here, on the model's device
         self._check_images(img)
         b = img.shape[0]
         device = img.device

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from .conftest import CLASSES, aicity_config, augmentation, identity_normalize
+from sparse4d.batch import normalized_images
 from sparse4d.data.collate import collate_sparse4d
 from sparse4d.data.convert import run_dataset_convert
 from sparse4d.data.dataset import OVPKLDataset, SampleKey
@@ -46,7 +47,8 @@ def test_rgb_order_and_depth_in_metres(converted) -> None:
     sample = dataset[4]
     info = dataset.infos[4]
     bgr = cv2.imread(info["image_paths"][1])
-    image = sample["img"][1].numpy()
+    assert sample["img"].dtype == torch.uint8  # normalised later, on the model's device
+    image = sample["img"][1].numpy().astype(np.float32)
     assert image.shape == (3, 128, 256)
     np.testing.assert_allclose(image[0], bgr[..., 2], atol=1.0)  # channel 0 is red
     np.testing.assert_allclose(image[2], bgr[..., 0], atol=1.0)
@@ -119,7 +121,12 @@ def test_collate_builds_the_batch_contract(converted) -> None:
     ann_file, data_root = converted
     dataset = _dataset(ann_file, data_root, sequences_split_num=10)
     batch = collate_sparse4d([dataset[0], dataset[11]])
-    assert batch["img"].shape == (2, 2, 3, 128, 256) and batch["img"].dtype == torch.float32
+    assert batch["img"].shape == (2, 2, 3, 128, 256) and batch["img"].dtype == torch.uint8
+    assert batch["img_mean"].shape == batch["img_std"].shape == (2, 3) and batch["img_mean"].dtype == torch.float32
+    images = normalized_images(batch)
+    assert images.dtype == torch.float32 and images.shape == batch["img"].shape
+    mean, std = dataset.mean.reshape(1, 1, 3, 1, 1), dataset.std.reshape(1, 1, 3, 1, 1)
+    np.testing.assert_allclose(images.numpy(), (batch["img"].numpy().astype(np.float32) - mean) / std, rtol=1e-6, atol=1e-5)
     assert batch["projection_mat"].shape == (2, 2, 4, 4)
     assert batch["image_wh"][0, 0].tolist() == [256.0, 128.0]
     assert batch["gt_depth"].shape == (2, 2, 128, 256)

@@ -1,0 +1,58 @@
+"""uint8 images with their normalisation in the batch, normalised where the model runs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sparse4d.batch import normalized_images
+from sparse4d.errors import DataError
+from sparse4d.model.sparse4d import Sparse4D
+from tests.model.model_helpers import random_anchors, small_config, synthetic_batch
+
+MEAN = torch.tensor([123.675, 116.28, 103.53])
+STD = torch.tensor([58.395, 57.12, 57.375])
+
+
+def uint8_batch(batch_size: int = 2, seed: int = 0) -> dict:
+    """synthetic_batch with its images as uint8 pixels plus mean/std (what collate_sparse4d builds)."""
+    batch = synthetic_batch(batch_size, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    batch["img"] = torch.randint(0, 256, batch["img"].shape, dtype=torch.uint8, generator=g)
+    batch["img_mean"] = MEAN.expand(batch_size, 3).clone()
+    batch["img_std"] = STD.expand(batch_size, 3).clone()
+    return batch
+
+
+def test_uint8_images_are_normalised_per_channel() -> None:
+    batch = uint8_batch()
+    images = normalized_images(batch)
+    assert images.dtype == torch.float32 and images.shape == batch["img"].shape
+    expected = (batch["img"].numpy().astype(np.float32) - MEAN.numpy()[:, None, None]) / STD.numpy()[:, None, None]
+    np.testing.assert_allclose(images.numpy(), expected, rtol=1e-6, atol=1e-5)
+
+
+def test_float_images_pass_through_and_stats_are_required_for_uint8() -> None:
+    batch = synthetic_batch(1)
+    assert normalized_images(batch) is batch["img"]
+    bare = uint8_batch()
+    del bare["img_std"]
+    with pytest.raises(DataError, match="img_mean/img_std"):
+        normalized_images(bare)
+
+
+def test_the_model_sees_the_same_images_either_way(tmp_path) -> None:
+    """A uint8 batch and the same batch normalised on the host give the same detections."""
+    path = tmp_path / "anchor_init.npy"
+    np.save(path, random_anchors(64))
+    torch.manual_seed(0)
+    model = Sparse4D.from_config(small_config(str(path)), num_classes=3).eval()
+    as_uint8 = uint8_batch(seed=4)
+    as_float = {k: v for k, v in as_uint8.items() if k not in ("img_mean", "img_std")}
+    as_float["img"] = normalized_images(as_uint8)
+    with torch.no_grad():
+        out_uint8 = model(as_uint8)["decoded"]
+        model.reset_temporal_state()
+        out_float = model(as_float)["decoded"]
+    for key in out_float:
+        torch.testing.assert_close(out_uint8[key], out_float[key], rtol=0, atol=0, msg=key)
