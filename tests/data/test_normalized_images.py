@@ -8,20 +8,14 @@ import torch
 from sparse4d.batch import normalized_images
 from sparse4d.errors import DataError
 from sparse4d.model.sparse4d import Sparse4D
-from tests.model.model_helpers import random_anchors, small_config, synthetic_batch
+from tests.model.model_helpers import IMAGE_MEAN, IMAGE_STD, random_anchors, small_config, synthetic_batch, with_uint8_images
 
-MEAN = torch.tensor([123.675, 116.28, 103.53])
-STD = torch.tensor([58.395, 57.12, 57.375])
+MEAN = torch.tensor(IMAGE_MEAN)
+STD = torch.tensor(IMAGE_STD)
 
 
 def uint8_batch(batch_size: int = 2, seed: int = 0) -> dict:
-    """synthetic_batch with its images as uint8 pixels plus mean/std (what collate_sparse4d builds)."""
-    batch = synthetic_batch(batch_size, seed=seed)
-    g = torch.Generator().manual_seed(seed)
-    batch["img"] = torch.randint(0, 256, batch["img"].shape, dtype=torch.uint8, generator=g)
-    batch["img_mean"] = MEAN.expand(batch_size, 3).clone()
-    batch["img_std"] = STD.expand(batch_size, 3).clone()
-    return batch
+    return with_uint8_images(synthetic_batch(batch_size, seed=seed), seed)
 
 
 def test_uint8_images_are_normalised_per_channel() -> None:

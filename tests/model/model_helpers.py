@@ -104,3 +104,16 @@ def synthetic_batch(batch_size: int = 1, num_cams: int = 2, num_gt: int = 3, see
         "sample_token": [f"s/{i}/{0:06d}" for i in range(batch_size)],
         "scene": ["s"] * batch_size,
     }
+
+
+IMAGE_MEAN = (123.675, 116.28, 103.53)
+IMAGE_STD = (58.395, 57.12, 57.375)
+
+
+def with_uint8_images(batch: dict, seed: int = 0) -> dict:
+    """The batch with uint8 pixels plus img_mean/img_std in place of its float images (what the
+    dataset and collate_sparse4d hand over; the model normalises on its device)."""
+    g = torch.Generator().manual_seed(seed)
+    b = batch["img"].shape[0]
+    return {**batch, "img": torch.randint(0, 256, batch["img"].shape, dtype=torch.uint8, generator=g),
+            "img_mean": torch.tensor(IMAGE_MEAN).expand(b, 3).clone(), "img_std": torch.tensor(IMAGE_STD).expand(b, 3).clone()}

@@ -12,7 +12,7 @@ from sparse4d.engine.runloop import move_batch
 from sparse4d.model.denoising import CarriedDenoising
 from sparse4d.model.sparse4d import Sparse4D
 
-from .model_helpers import random_anchors, small_config, synthetic_batch
+from .model_helpers import random_anchors, small_config, synthetic_batch, with_uint8_images
 
 
 def _model(seed: int = 0) -> Sparse4D:
@@ -43,7 +43,9 @@ def test_predict_frame_is_the_eval_forward() -> None:
 
 
 @pytest.mark.gpu
-def test_graphed_stream_predicts_like_the_eager_model() -> None:
+@pytest.mark.parametrize("uint8_images", [False, True])
+def test_graphed_stream_predicts_like_the_eager_model(uint8_images: bool) -> None:
+    """Also with uint8 images plus their mean/std (the dataset's batches): normalised on the GPU before capture."""
     from sparse4d.model.fused_aggregation import enable_fused_aggregation
     from sparse4d.model.graphed_stream import GraphedStream
 
@@ -53,7 +55,8 @@ def test_graphed_stream_predicts_like_the_eager_model() -> None:
     model.reset_temporal_state()
     with torch.no_grad():
         for frame in range(5):
-            batch = move_batch(synthetic_batch(2, first_frame=frame in (0, 3), timestamp=0.1 * frame, seed=frame), torch.device("cuda"))
+            batch = synthetic_batch(2, first_frame=frame in (0, 3), timestamp=0.1 * frame, seed=frame)
+            batch = move_batch(with_uint8_images(batch, frame) if uint8_images else batch, torch.device("cuda"))
             eager = model(batch)["decoded"]
             replayed = stream(batch)
             for name, value in eager.items():
