@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sparse4d.config.dataset import NormalizeConfig
 from sparse4d.config.model import ModelConfig
 from sparse4d.config.train import TrainConfig
 from sparse4d.engine.optim import build_optimizer
@@ -104,8 +105,8 @@ def synthetic_batch(batch: int, num_gt: int, step: int, seed: int = 0, pin: bool
     out = {
         # uint8 pixels and their normalisation, as the dataset hands them over (normalised on the GPU)
         "img": torch.randint(0, 256, (batch, CAMERAS, 3, height, width), dtype=torch.uint8, generator=g),
-        "img_mean": torch.tensor([123.675, 116.28, 103.53]).expand(batch, 3).clone(),
-        "img_std": torch.tensor([58.395, 57.12, 57.375]).expand(batch, 3).clone(),
+        "img_mean": torch.tensor(NormalizeConfig().mean).expand(batch, 3).clone(),
+        "img_std": torch.tensor(NormalizeConfig().std).expand(batch, 3).clone(),
         "projection_mat": proj[None].expand(batch, -1, -1, -1).clone(),
         "image_wh": torch.tensor([float(width), float(height)]).expand(batch, CAMERAS, 2).clone(),
         "timestamp": torch.full((batch,), step / 30.0, dtype=torch.float64),

@@ -5,7 +5,9 @@ import math
 
 import numpy as np
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from sparse4d.config.dataset import NormalizeConfig
 from sparse4d.config.model import ModelConfig
 
 EMBED = 64
@@ -106,8 +108,8 @@ def synthetic_batch(batch_size: int = 1, num_cams: int = 2, num_gt: int = 3, see
     }
 
 
-IMAGE_MEAN = (123.675, 116.28, 103.53)
-IMAGE_STD = (58.395, 57.12, 57.375)
+IMAGE_MEAN = tuple(NormalizeConfig().mean)  # the spec's default dataset.normalize
+IMAGE_STD = tuple(NormalizeConfig().std)
 
 
 def with_uint8_images(batch: dict, seed: int = 0) -> dict:
@@ -117,3 +119,16 @@ def with_uint8_images(batch: dict, seed: int = 0) -> dict:
     b = batch["img"].shape[0]
     return {**batch, "img": torch.randint(0, 256, batch["img"].shape, dtype=torch.uint8, generator=g),
             "img_mean": torch.tensor(IMAGE_MEAN).expand(b, 3).clone(), "img_std": torch.tensor(IMAGE_STD).expand(b, 3).clone()}
+
+
+class RecordOps(TorchDispatchMode):
+    """Every aten call made inside the context, as (op, args, kwargs): for tests about which kernels run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.calls.append((func, args, kwargs))
+        return func(*args, **kwargs)

@@ -2,23 +2,10 @@
 from __future__ import annotations
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from sparse4d.model.depth import DenseDepthNet, downsample_depth
 
-
-class FloatCopies(TorchDispatchMode):
-    """Records the shapes of float32 copies made of other tensors (aten._to_copy to float32)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.shapes: list[tuple[int, ...]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.float32:
-            self.shapes.append(tuple(args[0].shape))
-        return func(*args, **kwargs)
+from .model_helpers import RecordOps
 
 
 def test_depth_is_exp_of_a_1x1_conv_scaled_by_focal() -> None:
@@ -36,10 +23,12 @@ def test_depth_is_exp_of_a_1x1_conv_scaled_by_focal() -> None:
 def test_autocast_features_are_not_copied_to_float32() -> None:
     net = DenseDepthNet(16, num_depth_layers=1, loss_weight=0.2)
     feats = [torch.randn(2, 3, 16, 8, 12, dtype=torch.bfloat16)]
-    with torch.autocast("cpu", dtype=torch.bfloat16), FloatCopies() as copies:
+    with torch.autocast("cpu", dtype=torch.bfloat16), RecordOps() as ops:
         depth = net(feats, torch.full((2, 3), 100.0))[0]
     assert depth.dtype == torch.float32 and torch.isfinite(depth).all()
-    assert (6, 16, 8, 12) not in copies.shapes  # only the 1-channel output is made float32
+    float_copies = [tuple(args[0].shape) for func, args, kwargs in ops.calls
+                    if func is torch.ops.aten._to_copy.default and kwargs.get("dtype") == torch.float32]
+    assert (6, 16, 8, 12) not in float_copies  # only the 1-channel output is made float32
     # without autocast, bf16 features are cast to the conv's dtype
     assert net(feats, torch.full((2, 3), 100.0))[0].dtype == torch.float32
 
