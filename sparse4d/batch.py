@@ -52,21 +52,35 @@ def check_targets(batch: dict, num_classes: int) -> None:
             raise DataError(f"sample {i}: gt_labels_3d outside [0, {num_classes})", key="dataset.classes")
 
 
-def normalized_images(batch: dict, device=None):
-    """batch["img"] as the float32 normalised images the network takes, on `device` (default: where
-    the images are). uint8 images are moved first and normalised there with ``img_mean``/``img_std``;
-    float images pass through."""
+def image_inputs(batch: dict, device=None):
+    """(images, mean, std) of a batch, on `device` (default: where the images are): uint8 images with
+    their ``img_mean``/``img_std``, or float images (already normalised) with None, None. The model
+    normalises inside its compiled image region (`normalize_images`)."""
     from sparse4d.errors import DataError
 
     img = batch["img"]
     if device is not None:
         img = img.to(device, non_blocking=True)
     if img.is_floating_point():
-        return img
+        return img, None, None
     if "img_mean" not in batch or "img_std" not in batch:
         raise DataError(f"batch['img'] is {img.dtype} but the batch has no img_mean/img_std to normalise it with",
                         hint="collate samples of OVPKLDataset with collate_sparse4d, or pass float32 normalised images")
+    return img, batch["img_mean"].to(img.device, non_blocking=True), batch["img_std"].to(img.device, non_blocking=True)
+
+
+def normalize_images(img, mean, std):
+    """uint8 (B, N, 3, H, W) and per-sample (B, 3) (or shared (3,)) mean/std -> float32 normalised
+    images. Tensors only, so it traces into a compiled region."""
     b = img.shape[0]
-    mean = batch["img_mean"].to(img.device, non_blocking=True).float().reshape(-1, 1, 3, 1, 1).expand(b, 1, 3, 1, 1)
-    std = batch["img_std"].to(img.device, non_blocking=True).float().reshape(-1, 1, 3, 1, 1).expand(b, 1, 3, 1, 1)
+    mean = mean.float().reshape(-1, 1, 3, 1, 1).expand(b, 1, 3, 1, 1)
+    std = std.float().reshape(-1, 1, 3, 1, 1).expand(b, 1, 3, 1, 1)
     return (img.float() - mean) / std
+
+
+def normalized_images(batch: dict, device=None):
+    """batch["img"] as the float32 normalised images the network takes, on `device` (default: where
+    the images are). uint8 images are moved first and normalised there with ``img_mean``/``img_std``;
+    float images pass through."""
+    img, mean, std = image_inputs(batch, device)
+    return img if mean is None else normalize_images(img, mean, std)

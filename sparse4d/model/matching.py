@@ -11,6 +11,7 @@ of a default batch-2 step (900 queries x 128 GT) left the GPU idle for about 25 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -117,21 +118,22 @@ def _solve_sample(copy: HostCopy, sample: int, num_gt: int) -> np.ndarray:
     return solve_assignments(copy.numpy()[sample : sample + 1], [num_gt])[0]
 
 
+# one layer's (logits (B, Q, C), boxes (B, Q, D)) -> float32 costs (B, Q, M) against the padded GT
+LayerCost = Callable[[Tensor, Tensor], Tensor]
+
+
 class LayerMatcher:
     """Hungarian matching of several decoder layers' queries to the same GT, started layer by layer.
 
-    gt_labels (B, M) (padding any valid class), gt_boxes (B, M, D) NaN-free, num_gt[b] real GT of
-    sample b (host ints). `add_layer` queues one layer's costs and their copy to the host, and one
-    solve per sample on the worker pool; `assignments` collects them.
+    `cost` gives one layer's costs against the GT (padded to M columns); num_gt[b] real GT of sample b
+    (host ints). `add_layer` queues one layer's costs and their copy to the host, and one solve per
+    sample on the worker pool; `assignments` collects them. The model passes its `matching_costs`,
+    which training compiles into one fused kernel per layer (`compile_regions`).
     """
 
-    def __init__(self, gt_labels: Tensor, gt_boxes: Tensor, num_gt: list[int], *, alpha: float, gamma: float, cls_weight: float,
-                 box_weight: float, reg_weights: Tensor) -> None:
-        self.gt_labels = gt_labels
-        self.gt_boxes = gt_boxes.float()
+    def __init__(self, cost: LayerCost, num_gt: list[int]) -> None:
+        self.cost = cost
         self.num_gt = list(num_gt)
-        self.alpha, self.gamma, self.cls_weight, self.box_weight = alpha, gamma, cls_weight, box_weight
-        self.reg_weights = reg_weights.float()
         self._pending: list[list[Future[np.ndarray]] | None] = []
         self._shape: tuple[int, int] | None = None
         self._device: torch.device | None = None
@@ -147,11 +149,7 @@ class LayerMatcher:
         if max(self.num_gt, default=0) == 0 or logits.shape[1] == 0:
             self._pending.append(None)
             return
-        cost = matching_cost(
-            logits.detach().float(), boxes.detach().float(), self.gt_labels, self.gt_boxes,
-            alpha=self.alpha, gamma=self.gamma, cls_weight=self.cls_weight, box_weight=self.box_weight, reg_weights=self.reg_weights,
-        )
-        copy = HostCopy(cost)
+        copy = HostCopy(self.cost(logits.detach(), boxes.detach()))
         pool = solver_pool()
         self._pending.append([pool.submit(_solve_sample, copy, s, m) for s, m in enumerate(self.num_gt)])
 
@@ -185,7 +183,11 @@ def hungarian_match_batch(
 
     Returns (S, Q) int64 on logits.device: the GT index each query is assigned to, or UNASSIGNED.
     """
-    matcher = LayerMatcher(gt_labels, gt_boxes, num_gt, alpha=alpha, gamma=gamma, cls_weight=cls_weight, box_weight=box_weight, reg_weights=reg_weights)
+    def cost(layer_logits: Tensor, layer_boxes: Tensor) -> Tensor:
+        return matching_cost(layer_logits.float(), layer_boxes.float(), gt_labels, gt_boxes.float(), alpha=alpha, gamma=gamma,
+                             cls_weight=cls_weight, box_weight=box_weight, reg_weights=reg_weights.float())
+
+    matcher = LayerMatcher(cost, num_gt)
     matcher.add_layer(logits, boxes)
     return matcher.assignments()[0]
 

@@ -8,6 +8,7 @@ Two ways in:
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
-from sparse4d.batch import ANCHOR_VX, check_targets, normalized_images
+from sparse4d.batch import ANCHOR_VX, check_targets, image_inputs, normalize_images
 from sparse4d.errors import DataError
 
 from .aggregation import FeatureLevels
@@ -26,11 +27,11 @@ from .box_coding import encode_boxes
 from .decoder import decode_topk, to_detections
 from .denoising import CarriedDenoising, DenoisingQueries, PendingDenoising, fit_group_size, retarget_carried, start_denoising_queries
 from .depth import DenseDepthNet
-from .grid_mask import GridMask
+from .grid_mask import GridMask, hide_grid
 from .head import HeadOutput, Sparse4DHead
 from .instance_bank import InstanceBank, InstanceBankState, gather_rows, load_anchors
 from .losses import allow_reversed_yaw, centerness_loss, sigmoid_focal_loss, weighted_l1, yawness_loss
-from .matching import LayerMatcher
+from .matching import LayerMatcher, matching_cost
 from .neck import FPN
 from .refinement import QUALITY_CNS, QUALITY_YNS
 from .unsupported import check_supported
@@ -254,13 +255,25 @@ class Sparse4D(nn.Module):
         return [f.reshape(b, n, *f.shape[1:]) for f in feats]
 
     def encode_images(
-        self, img: Tensor, projection_mat: Tensor | None = None, gt_depth: Tensor | None = None
+        self,
+        img: Tensor,
+        projection_mat: Tensor | None = None,
+        gt_depth: Tensor | None = None,
+        *,
+        mean: Tensor | None = None,
+        std: Tensor | None = None,
+        grids: Tensor | None = None,
     ) -> tuple[list[Tensor], FeatureLevels, Tensor | None]:
-        """Everything in a step that reads the images: FPN levels, the head's packed copy of them and,
-        given depth targets (B, N, H, W), the dense-depth loss (`projection_mat` gives the focal
-        lengths). A plain function of tensors, so in training `compile_regions` makes one region of
-        it: one CUDA-graph replay per direction instead of one each for backbone, neck and packing,
-        plus the depth branch's eager kernels."""
+        """Everything in a step that reads the images: their normalisation (uint8 `img` with its
+        `mean`/`std`, see sparse4d.batch) and GridMask (`grids` from `GridMask.draw`), FPN levels, the
+        head's packed copy of them and, given depth targets (B, N, H, W), the dense-depth loss
+        (`projection_mat` gives the focal lengths). A plain function of tensors, so in training
+        `compile_regions` makes one region of it: one CUDA-graph replay per direction instead of one
+        each for backbone, neck and packing, plus the eager kernels of the rest."""
+        if mean is not None and std is not None:
+            img = normalize_images(img, mean, std)
+        if grids is not None:
+            img = hide_grid(img, grids)
         feats = self.extract_features(img)
         levels = self.head.prepare_levels(feats, self.head.prefers_fused())
         loss_depth = None
@@ -343,7 +356,7 @@ class Sparse4D(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         """One streamed frame batch; uses and updates the internal temporal state."""
-        img = normalized_images(batch)  # uint8 from the dataset: normalised here, on the model's device
+        img, mean, std = image_inputs(batch)  # uint8 from the dataset: normalised in `encode_images`, on the model's device
         self._check_images(img)
         b = img.shape[0]
         device = img.device
@@ -371,11 +384,10 @@ class Sparse4D(nn.Module):
                     reg_weights=self._dn_reg_weights,
                 )
 
-        if self.grid_mask is not None:
-            img = self.grid_mask(img)
+        grids = self.grid_mask.draw(img) if self.grid_mask is not None and self.training else None
         projection_mat = batch["projection_mat"].to(device=device)
         gt_depth = batch["gt_depth"].to(device=device) if self.training and "gt_depth" in batch else None
-        feats, levels, loss_depth = self.encode_images(img, projection_mat, gt_depth)
+        feats, levels, loss_depth = self.encode_images(img, projection_mat, gt_depth, mean=mean, std=std, grids=grids)
         projection_mat = projection_mat.to(feats[0].dtype)
         image_wh = batch["image_wh"].to(device=device, dtype=feats[0].dtype)
         head_kwargs: dict[str, Any] = {"levels": levels}
@@ -473,11 +485,20 @@ class Sparse4D(nn.Module):
             anchors = anchors.new_zeros(anchors.shape[0], 1, anchors.shape[-1])
         return labels, anchors, counts
 
-    def _layer_matcher(self, gt: dict[str, list[Tensor]]) -> LayerMatcher:
+    def matching_costs(self, logits: Tensor, boxes: Tensor, gt_labels: Tensor, gt_anchors: Tensor) -> Tensor:
+        """Hungarian costs of one layer's queries: logits (B, Q, C), boxes (B, Q, 11), padded GT labels
+        (B, M) and raw anchors (B, M, 11) -> float32 (B, Q, M). A pure tensor function: in training
+        `compile_regions` fuses its ~20 elementwise kernels per layer (the largest share of the step's
+        eager kernels, benchmarks/eager_ops.py) into one."""
         s = self.loss_settings
+        return matching_cost(
+            logits.float(), boxes.float(), gt_labels, torch.nan_to_num(gt_anchors.float(), nan=0.0), alpha=s.alpha, gamma=s.gamma,
+            cls_weight=s.match_cls_weight, box_weight=s.match_box_weight, reg_weights=self._match_reg_weights,
+        )
+
+    def _layer_matcher(self, gt: dict[str, list[Tensor]]) -> LayerMatcher:
         labels, anchors, counts = self._padded_targets(gt)
-        return LayerMatcher(labels, torch.nan_to_num(anchors, nan=0.0), counts, alpha=s.alpha, gamma=s.gamma, cls_weight=s.match_cls_weight,
-                            box_weight=s.match_box_weight, reg_weights=self._match_reg_weights)
+        return LayerMatcher(functools.partial(self.matching_costs, gt_labels=labels, gt_anchors=anchors), counts)
 
     def _match_all_layers(self, out: dict[str, Any], gt: dict[str, list[Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
         """Hungarian-match every decoder layer's normal queries to the GT; the forward has usually

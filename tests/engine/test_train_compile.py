@@ -125,46 +125,80 @@ def test_decoder_layers_share_one_compiled_region(tmp_path: Path) -> None:
 
 
 def test_image_encoding_is_one_region_with_the_depth_loss(tmp_path: Path) -> None:
-    """`encode_images` (backbone, neck, packed levels, dense-depth loss) traces as one graph without
-    breaks, and its depth loss is the depth branch's loss on the FPN levels."""
+    """`encode_images` (normalisation of uint8 images, GridMask, backbone, neck, packed levels,
+    dense-depth loss) traces as one graph without breaks; its features are the network's on the
+    normalised, masked images and its depth loss is the depth branch's loss on them."""
     import torch._dynamo as dynamo
 
-    from tests.model.model_helpers import synthetic_batch
+    from sparse4d.batch import normalized_images
+    from sparse4d.model.grid_mask import GridMask, hide_grid
+    from tests.model.model_helpers import synthetic_batch, with_uint8_images
 
     torch.manual_seed(0)
     model = small_model(tmp_path).train()
-    batch = synthetic_batch(2, seed=3)
+    batch = with_uint8_images(synthetic_batch(2, seed=3), 3)
     img, projection, gt_depth = batch["img"], batch["projection_mat"], batch["gt_depth"]
-    explained = dynamo.explain(model.encode_images)(img, projection, gt_depth)
+    mean, std = batch["img_mean"], batch["img_std"]
+    grids = GridMask(prob=1.0).draw(img)
+    explained = dynamo.explain(model.encode_images)(img, projection, gt_depth, mean=mean, std=std, grids=grids)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
-    feats, levels, loss_depth = model.encode_images(img, projection, gt_depth)
-    expected = model.depth_branch.loss(model.depth_branch(model.extract_features(img), projection[..., 0, 0]), gt_depth)
+    feats, levels, loss_depth = model.encode_images(img, projection, gt_depth, mean=mean, std=std, grids=grids)
+    network_input = hide_grid(normalized_images(batch), grids)
+    assert bool((network_input == 0).any())  # the grid did hide pixels
+    expected_feats = model.extract_features(network_input)
+    for got, want in zip(feats, expected_feats):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    expected = model.depth_branch.loss(model.depth_branch(expected_feats, projection[..., 0, 0]), gt_depth)
     assert loss_depth is not None and float(loss_depth.detach()) > 0
     torch.testing.assert_close(loss_depth, expected, rtol=0, atol=0)
     assert levels is feats  # on the CPU the maps themselves: packed only for the fused CUDA kernel
-    assert model.encode_images(img)[2] is None  # no targets: no depth loss
+    assert model.encode_images(normalized_images(batch))[2] is None  # float images, no targets: no depth loss
+
+
+def test_matching_costs_are_one_region(tmp_path: Path) -> None:
+    """`matching_costs` (one layer's Hungarian costs) traces as one graph without breaks, takes bf16
+    outputs and GT with unknown (NaN) velocities, and compiled gives the eager costs in float32."""
+    import torch._dynamo as dynamo
+
+    torch.manual_seed(0)
+    model = small_model(tmp_path).train()
+    g = torch.Generator().manual_seed(5)
+    logits = (torch.randn(2, 40, 3, generator=g) * 2).bfloat16()
+    boxes = (torch.randn(2, 40, 11, generator=g) * 3).bfloat16()
+    gt_labels = torch.randint(0, 3, (2, 7), generator=g)
+    gt_anchors = torch.randn(2, 7, 11, generator=g) * 3
+    gt_anchors[0, 2, 8:] = float("nan")
+    explained = dynamo.explain(model.matching_costs)(logits, boxes, gt_labels, gt_anchors)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    eager = model.matching_costs(logits, boxes, gt_labels, gt_anchors)
+    assert eager.shape == (2, 40, 7) and eager.dtype == torch.float32 and bool(torch.isfinite(eager).all())
+    dynamo.reset()
+    compiled = torch.compile(model.matching_costs, backend="aot_eager")(logits, boxes, gt_labels, gt_anchors)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    dynamo.reset()
 
 
 def test_compiled_regions_train_like_the_eager_model(tmp_path: Path) -> None:
-    """All three regions of `compile_regions` (backend aot_eager: AOTAutograd's forward/backward split
+    """All four regions of `compile_regions` (backend aot_eager: AOTAutograd's forward/backward split
     with eager kernels, what Inductor receives) over three streamed frames, carried instances and
-    denoising groups included: the losses and every gradient equal the eager model's, no graph breaks."""
+    denoising groups, uint8 images and GridMask included: the losses and every gradient equal the
+    eager model's, no graph breaks."""
     import copy
 
     import torch._dynamo as dynamo
     from torch._dynamo.utils import counters
 
     from sparse4d.engine.compile import compile_regions
-    from tests.model.model_helpers import synthetic_batch
+    from tests.model.model_helpers import synthetic_batch, with_uint8_images
 
     torch.manual_seed(0)
     eager = small_model(tmp_path).train()
     compiled_model = copy.deepcopy(eager)
     dynamo.reset()
     counters.clear()
-    assert compile_regions(compiled_model, backend="aot_eager") == 3
+    assert compile_regions(compiled_model, backend="aot_eager") == 4
     for frame in range(3):
-        batch = synthetic_batch(2, first_frame=frame == 0, timestamp=0.1 * frame, seed=frame)
+        batch = with_uint8_images(synthetic_batch(2, first_frame=frame == 0, timestamp=0.1 * frame, seed=frame), frame)
         results = []
         for model in (eager, compiled_model):
             torch.manual_seed(10 + frame)  # the same GridMask and denoising noise for both
@@ -179,6 +213,6 @@ def test_compiled_regions_train_like_the_eager_model(tmp_path: Path) -> None:
         assert grads_e.keys() == grads_c.keys()
         for name in grads_e:
             torch.testing.assert_close(grads_c[name], grads_e[name], rtol=1e-4, atol=1e-6, msg=f"frame {frame} {name}")
-    assert counters["stats"]["unique_graphs"] >= 3  # the regions did run compiled
+    assert counters["stats"]["unique_graphs"] >= 4  # the regions did run compiled
     assert not counters["graph_break"]
     dynamo.reset()

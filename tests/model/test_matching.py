@@ -59,7 +59,7 @@ def test_layer_matcher_solves_every_layer_and_sample_optimally() -> None:
     kw = dict(alpha=0.25, gamma=2.0, cls_weight=2.0, box_weight=0.25, reg_weights=weights)
     labels = torch.tensor([[0, 2, 1], [1, 0, 0]])
     gt = torch.randn(2, 3, 11, generator=g) * 3
-    matcher = LayerMatcher(labels, gt, [3, 0], **kw)
+    matcher = LayerMatcher(lambda logits, boxes: matching_cost(logits, boxes, labels, gt, **kw), [3, 0])
     layers = [(torch.randn(2, 5, 3, generator=g), torch.randn(2, 5, 11, generator=g) * 3) for _ in range(3)]
     for logits, boxes in layers:
         matcher.add_layer(logits, boxes)
