@@ -5,7 +5,7 @@ Each of `num_dn_groups` groups holds, per GT box, one positive query (anchor = G
 Inside a group the noisy anchors are assigned to GT boxes by Hungarian matching on the weighted L1
 distance; assigned queries learn their GT, the rest are background (class target -1, kept in the
 classification loss). Slots that only pad samples to the same GT count are invalid and excluded.
-Groups only see themselves, and the normal queries never see any of them.
+Groups only see themselves, and the normal queries never see any of them (`attention.self_attention_in_groups`).
 
 `num_temp_dn_groups` groups are carried to the next frame: their targets follow the instance id of
 the GT they denoised; a carried query whose instance left the scene becomes background.
@@ -179,20 +179,6 @@ def denoising_noise(batch: int, groups: int, num_gt: int, noise_scale: list[floa
     return torch.cat([positive, magnitude * sign * scale], dim=2)
 
 
-def attention_mask(num_anchor: int, dn: DenoisingQueries | None, batch_size: int, device: torch.device) -> Tensor | None:
-    """(B, L, L) bool, True = blocked: normal queries see each other only; a denoising query sees the
-    valid queries of its own group (and itself)."""
-    if dn is None:
-        return None
-    total = num_anchor + dn.num_queries
-    group = torch.cat([torch.full((num_anchor,), -1, device=device), dn.group_ids()])
-    same_group = group[:, None] == group[None, :]
-    key_valid = torch.cat([torch.ones(batch_size, num_anchor, dtype=torch.bool, device=device), dn.valid], dim=1)
-    allowed = same_group[None] & key_valid[:, None, :]
-    allowed = allowed | torch.eye(total, dtype=torch.bool, device=device)[None]
-    return ~allowed
-
-
 def retarget_carried(carried: CarriedDenoising, gt_anchors: list[Tensor], gt_labels: list[Tensor], gt_ids: list[Tensor]) -> tuple[Tensor, Tensor]:
     """New (box targets (B, Gt, M, 11), class targets (B, Gt, M)) for carried queries by instance id.
 
@@ -224,4 +210,4 @@ def fit_group_size(values: Tensor, size: int, fill: float | int | bool) -> Tenso
     return torch.cat([values, torch.full(pad_shape, fill, dtype=values.dtype, device=values.device)], dim=2)
 
 
-__all__ = ["DenoisingQueries", "CarriedDenoising", "PendingDenoising", "make_denoising_queries", "start_denoising_queries", "attention_mask", "retarget_carried", "fit_group_size"]
+__all__ = ["DenoisingQueries", "CarriedDenoising", "PendingDenoising", "make_denoising_queries", "start_denoising_queries", "retarget_carried", "fit_group_size"]

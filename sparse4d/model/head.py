@@ -9,10 +9,10 @@ from torch import Tensor, nn
 
 from .aggregation import FeatureLevels, prepare_feature_levels
 from .anchor_encoder import AnchorEncoder
-from .attention import InstanceAttention
+from .attention import InstanceAttention, self_attention_in_groups
 from .blocks import AsymmetricFFN
 from .deformable import DeformableFeatureAggregation
-from .denoising import CarriedDenoising, DenoisingQueries, attention_mask
+from .denoising import CarriedDenoising, DenoisingQueries
 from .instance_bank import InstanceBank, move_by_velocity
 from .refinement import BoxRefinement
 
@@ -119,14 +119,12 @@ class Sparse4DHead(nn.Module):
         """
         b = projection_mat.shape[0]
         bank = self.instance_bank
-        a = bank.num_anchor
         feature, anchor = bank.initial(b)
         carried_anchor = move_by_velocity(prev_anchors, time_interval)
         carried_feature = prev_features
         if dn is not None:
             anchor = torch.cat([anchor, dn.anchors.to(anchor.dtype)], dim=1)
             feature = torch.cat([feature, feature.new_zeros(b, dn.num_queries, feature.shape[-1])], dim=1)
-        mask = attention_mask(a, dn, b, anchor.device)
         if levels is None:
             levels = self.prepare_levels(feature_maps, self.prefers_fused())
         # training: the anchor encoder's parameters as one tensor, so its six layers' gradients are
@@ -139,7 +137,8 @@ class Sparse4DHead(nn.Module):
             temp_rows = bank.num_temp if self.temporal and len(out.prediction) > self.num_single_frame_decoder else 0
             feature, anchor, cls, quality = self.decoder_layer(
                 ops, modules, self.anchor_encoder, anchor_params, feature, anchor, carried_anchor, temp_rows,
-                carried_feature, temporal_mask, mask, levels, projection_mat, image_wh, time_interval,
+                carried_feature, temporal_mask, None if out.dn is None else out.dn.valid, 0 if dn is None else dn.group_size,
+                levels, projection_mat, image_wh, time_interval,
             )
             if cls is None:  # operations after the last refine
                 continue
@@ -153,7 +152,6 @@ class Sparse4DHead(nn.Module):
                 feature, anchor = bank.merge_carried(feature, anchor, cls, carried_feature, carried_anchor, temporal_mask)
                 if dn is not None and carried_dn is not None and carried_dn_targets is not None:
                     feature, anchor, out.dn = self._insert_carried_dn(feature, anchor, dn, carried_dn, carried_dn_targets, temporal_mask, time_interval)
-                    mask = attention_mask(a, out.dn, b, anchor.device)
         out.instance_feature = feature
         return out
 
@@ -255,7 +253,8 @@ def decoder_layer(
     temp_rows: int,
     carried_feature: Tensor,
     temporal_mask: Tensor,
-    attn_mask: Tensor | None,
+    dn_valid: Tensor | None,
+    dn_group_size: int,
     levels: FeatureLevels,
     projection_mat: Tensor,
     image_wh: Tensor,
@@ -279,9 +278,8 @@ def decoder_layer(
         if op == "temp_gnn":
             attended = layer(feature, anchor_embed, carried_feature.to(feature.dtype), temp_anchor_embed)
             feature = torch.where(temporal_mask[:, None, None], attended, feature)
-        elif op == "gnn":
-            heads = layer.attn.num_heads
-            feature = layer(feature, anchor_embed, attn_mask=None if attn_mask is None else attn_mask.repeat_interleave(heads, dim=0))
+        elif op == "gnn":  # denoising groups (dn_valid (B, G*M), the last rows) attend only within themselves
+            feature = self_attention_in_groups(layer, feature, anchor_embed, dn_valid, dn_group_size)
         elif op in ("norm", "ffn"):
             feature = layer(feature)
         elif op == "deformable":

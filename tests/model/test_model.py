@@ -7,7 +7,7 @@ import torch
 
 from sparse4d.config.model import ModelConfig
 from sparse4d.errors import DataError, InputFileError, SpecError
-from sparse4d.model.denoising import CarriedDenoising, attention_mask, make_denoising_queries, retarget_carried
+from sparse4d.model.denoising import CarriedDenoising, make_denoising_queries, retarget_carried
 from sparse4d.model.sparse4d import Sparse4D
 from sparse4d.model.unsupported import check_supported
 
@@ -103,7 +103,7 @@ def test_bad_batches_are_clear_errors() -> None:
         model.predict(batch)
 
 
-def test_denoising_groups_targets_and_mask() -> None:
+def test_denoising_groups_and_targets() -> None:
     torch.manual_seed(0)
     gt = [torch.tensor([[0.0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], [5.0, 5, 0, 0, 0, 0, 0, 1, 0, 0, 0]]), torch.zeros(0, 11)]
     labels = [torch.tensor([1, 2]), torch.zeros(0, dtype=torch.int64)]
@@ -112,9 +112,6 @@ def test_denoising_groups_targets_and_mask() -> None:
     assert dn is not None and dn.group_size == 4 and dn.num_queries == 12
     assert int((dn.cls_targets[0] >= 0).sum()) == 6 and int(dn.valid[0].sum()) == 12  # 2 positives per group
     assert not dn.valid[1].any()
-    mask = attention_mask(5, dn, 2, torch.device("cpu"))
-    assert not mask[0, 0, :5].any() and mask[0, 0, 5:].all()  # normal queries never see denoising ones
-    assert not mask[0, 5, 5:9].any() and mask[0, 5, 9:].all() and mask[0, 5, :5].all()  # own group only
     # carried group: instance 7 is still there, instance 8 left -> its query becomes background
     carried = CarriedDenoising(
         features=torch.zeros(2, 1, 4, 8), anchors=dn.anchors.reshape(2, 3, 4, 11)[:, :1],

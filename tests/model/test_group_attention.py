@@ -1,0 +1,67 @@
+"""Self attention of normal queries and denoising groups, block by block."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sparse4d.model.attention import InstanceAttention, self_attention_in_groups
+
+A, G, M, C = 6, 3, 4, 16
+
+
+def dense_blocked(dn_valid: torch.Tensor, num_anchor: int, group_size: int) -> torch.Tensor:
+    """(B, L, L) True = blocked: Sparse4D's denoising mask over all queries at once (the reference)."""
+    b, dn = dn_valid.shape
+    group = torch.cat([torch.full((num_anchor,), -1), torch.arange(dn) // group_size])
+    key_valid = torch.cat([torch.ones(b, num_anchor, dtype=torch.bool), dn_valid], dim=1)
+    allowed = (group[:, None] == group[None, :])[None] & key_valid[:, None, :]
+    return ~(allowed | torch.eye(num_anchor + dn, dtype=torch.bool)[None])
+
+
+def inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    feature = torch.randn(2, A + G * M, C, generator=g, requires_grad=True)
+    pos = torch.randn(2, A + G * M, C, generator=g, requires_grad=True)
+    valid = torch.ones(2, G * M, dtype=torch.bool)
+    valid[0, M - 1] = valid[0, 2 * M - 2 :] = False  # padding slots (a sample with fewer GT)
+    valid[1, :] = False  # a sample without GT: every slot is padding
+    return feature, pos, valid
+
+
+@pytest.mark.parametrize("decouple", [True, False])
+def test_equals_one_attention_with_the_denoising_mask(decouple: bool) -> None:
+    torch.manual_seed(0)
+    layer = InstanceAttention(C, num_heads=4, dropout=0.0, decouple=decouple)
+    feature, pos, valid = inputs(1)
+    grouped = self_attention_in_groups(layer, feature, pos, valid, M)
+    grads = torch.autograd.grad(grouped.square().sum(), [feature, pos, *layer.parameters()])
+    mask = dense_blocked(valid, A, M).repeat_interleave(4, dim=0)
+    dense = layer(feature, pos, attn_mask=mask)
+    dense_grads = torch.autograd.grad(dense.square().sum(), [feature, pos, *layer.parameters()])
+    assert grouped.shape == dense.shape == feature.shape
+    torch.testing.assert_close(grouped, dense, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, dense_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_groups_see_only_their_own_valid_slots_and_normal_queries_see_none() -> None:
+    torch.manual_seed(0)
+    layer = InstanceAttention(C, num_heads=4, dropout=0.0, decouple=True).eval()
+    feature, pos, valid = inputs(2)
+    base = self_attention_in_groups(layer, feature, pos, valid, M).detach()
+    other_group = feature.detach().clone()
+    other_group[:, A + M :] += 5.0  # groups 1 and 2 change
+    out = self_attention_in_groups(layer, other_group, pos, valid, M).detach()
+    torch.testing.assert_close(out[:, : A + M], base[:, : A + M])  # normal queries and group 0 unaffected
+    padding_key = feature.detach().clone()
+    padding_key[0, A + M - 1] += 5.0  # a padding slot of group 0: only its own output moves
+    out = self_attention_in_groups(layer, padding_key, pos, valid, M).detach()
+    torch.testing.assert_close(out[0, : A + M - 1], base[0, : A + M - 1])
+    assert not torch.allclose(out[0, A + M - 1], base[0, A + M - 1])
+    assert torch.isfinite(base).all()  # a sample with only padding slots: each sees itself, no NaN
+
+
+def test_without_denoising_it_is_plain_self_attention() -> None:
+    layer = InstanceAttention(C, num_heads=4, dropout=0.0, decouple=True)
+    feature, pos, _ = inputs(3)
+    torch.testing.assert_close(self_attention_in_groups(layer, feature, pos, None, 0), layer(feature, pos))
