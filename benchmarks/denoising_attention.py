@@ -53,7 +53,7 @@ def main() -> int:
         return layer(feature, pos, attn_mask=mask)
 
     def grouped() -> torch.Tensor:
-        return self_attention_in_groups(layer, feature, pos, valid, args.group_size)
+        return self_attention_in_groups(layer, feature, pos, valid, args.groups)
 
     def timed(fn) -> float:
         times = []

@@ -42,11 +42,12 @@ class InstanceAttention(nn.Module):
 
 
 
-def self_attention_in_groups(layer: InstanceAttention, feature: Tensor, pos: Tensor, dn_valid: Tensor | None, group_size: int) -> Tensor:
+def self_attention_in_groups(layer: InstanceAttention, feature: Tensor, pos: Tensor, dn_valid: Tensor | None, groups: int) -> Tensor:
     """Self attention of the normal queries among themselves and of each denoising group within
-    itself: feature/pos (B, A + G*M, C), the last G*M rows the denoising groups of `group_size` (M)
-    slots, dn_valid (B, G*M) whether a slot holds a query (keys of padding slots are hidden; every
-    query sees itself).
+    itself: feature/pos (B, A + G*M, C), the last G*M rows the `groups` (G) denoising groups of M
+    slots each, dn_valid (B, G*M) whether a slot holds a query (keys of padding slots are hidden;
+    every query sees itself). G is fixed by the config and M comes from a shape, so a compiled
+    caller sees a varying GT count as a shape, not as a new constant.
 
     Equal to one attention over all queries with the block-diagonal mask of Sparse4D's denoising, but
     run block by block: at the default 900 queries plus 5 groups of 256 that is a quarter of the
@@ -56,10 +57,10 @@ def self_attention_in_groups(layer: InstanceAttention, feature: Tensor, pos: Ten
         return layer(feature, pos)
     b, length, c = feature.shape
     a = length - dn_valid.shape[1]
-    groups = dn_valid.shape[1] // group_size
+    group_size = dn_valid.shape[1] // groups
     normal = layer(feature[:, :a], pos[:, :a])
     valid = dn_valid.reshape(b * groups, group_size)
     itself = torch.eye(group_size, dtype=torch.bool, device=feature.device)
     blocked = ~(valid[:, None, :] | itself).repeat_interleave(layer.attn.num_heads, dim=0)  # (B*G*heads, M, M)
     denoising = layer(feature[:, a:].reshape(b * groups, group_size, c), pos[:, a:].reshape(b * groups, group_size, -1), attn_mask=blocked)
-    return torch.cat([normal, denoising.reshape(b, groups * group_size, -1)], dim=1)
+    return torch.cat([normal, denoising.reshape(b, length - a, -1)], dim=1)

@@ -137,7 +137,7 @@ class Sparse4DHead(nn.Module):
             temp_rows = bank.num_temp if self.temporal and len(out.prediction) > self.num_single_frame_decoder else 0
             feature, anchor, cls, quality = self.decoder_layer(
                 ops, modules, self.anchor_encoder, anchor_params, feature, anchor, carried_anchor, temp_rows,
-                carried_feature, temporal_mask, None if out.dn is None else out.dn.valid, 0 if dn is None else dn.group_size,
+                carried_feature, temporal_mask, None if out.dn is None else out.dn.valid, 0 if dn is None else dn.num_groups,
                 levels, projection_mat, image_wh, time_interval,
             )
             if cls is None:  # operations after the last refine
@@ -254,7 +254,7 @@ def decoder_layer(
     carried_feature: Tensor,
     temporal_mask: Tensor,
     dn_valid: Tensor | None,
-    dn_group_size: int,
+    dn_groups: int,
     levels: FeatureLevels,
     projection_mat: Tensor,
     image_wh: Tensor,
@@ -278,8 +278,8 @@ def decoder_layer(
         if op == "temp_gnn":
             attended = layer(feature, anchor_embed, carried_feature.to(feature.dtype), temp_anchor_embed)
             feature = torch.where(temporal_mask[:, None, None], attended, feature)
-        elif op == "gnn":  # denoising groups (dn_valid (B, G*M), the last rows) attend only within themselves
-            feature = self_attention_in_groups(layer, feature, anchor_embed, dn_valid, dn_group_size)
+        elif op == "gnn":  # the dn_groups denoising groups (dn_valid (B, G*M), the last rows) attend only within themselves
+            feature = self_attention_in_groups(layer, feature, anchor_embed, dn_valid, dn_groups)
         elif op in ("norm", "ffn"):
             feature = layer(feature)
         elif op == "deformable":

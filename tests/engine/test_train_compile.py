@@ -178,6 +178,31 @@ def test_matching_costs_are_one_region(tmp_path: Path) -> None:
     dynamo.reset()
 
 
+def test_a_varying_gt_count_settles_into_dynamic_shapes(tmp_path: Path) -> None:
+    """Real batches differ in GT count, so the denoising group size and the matching width change from
+    step to step. The regions must recompile once with dynamic shapes and then stop: a new graph per
+    count would soon hit dynamo's recompile limit and leave training eager."""
+    import torch._dynamo as dynamo
+    from torch._dynamo.utils import counters
+
+    from sparse4d.engine.compile import compile_regions
+    from tests.model.model_helpers import synthetic_batch
+
+    torch.manual_seed(0)
+    model = small_model(tmp_path).train()
+    dynamo.reset()
+    counters.clear()
+    compile_regions(model, backend="eager")
+    graphs = []
+    for frame, num_gt in enumerate([3, 5, 4, 7, 2, 8]):
+        batch = synthetic_batch(2, num_gt=num_gt, first_frame=frame == 0, timestamp=0.1 * frame, seed=frame)
+        model.loss(model(batch), batch)["loss"].backward()
+        graphs.append(counters["stats"]["unique_graphs"])
+    assert graphs[2] == graphs[-1], graphs  # nothing new after the first frames
+    assert not counters["graph_break"]
+    dynamo.reset()
+
+
 def test_compiled_regions_train_like_the_eager_model(tmp_path: Path) -> None:
     """All four regions of `compile_regions` (backend aot_eager: AOTAutograd's forward/backward split
     with eager kernels, what Inductor receives) over three streamed frames, carried instances and

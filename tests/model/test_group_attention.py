@@ -33,7 +33,7 @@ def test_equals_one_attention_with_the_denoising_mask(decouple: bool) -> None:
     torch.manual_seed(0)
     layer = InstanceAttention(C, num_heads=4, dropout=0.0, decouple=decouple)
     feature, pos, valid = inputs(1)
-    grouped = self_attention_in_groups(layer, feature, pos, valid, M)
+    grouped = self_attention_in_groups(layer, feature, pos, valid, G)
     grads = torch.autograd.grad(grouped.square().sum(), [feature, pos, *layer.parameters()])
     mask = dense_blocked(valid, A, M).repeat_interleave(4, dim=0)
     dense = layer(feature, pos, attn_mask=mask)
@@ -48,14 +48,14 @@ def test_groups_see_only_their_own_valid_slots_and_normal_queries_see_none() -> 
     torch.manual_seed(0)
     layer = InstanceAttention(C, num_heads=4, dropout=0.0, decouple=True).eval()
     feature, pos, valid = inputs(2)
-    base = self_attention_in_groups(layer, feature, pos, valid, M).detach()
+    base = self_attention_in_groups(layer, feature, pos, valid, G).detach()
     other_group = feature.detach().clone()
     other_group[:, A + M :] += 5.0  # groups 1 and 2 change
-    out = self_attention_in_groups(layer, other_group, pos, valid, M).detach()
+    out = self_attention_in_groups(layer, other_group, pos, valid, G).detach()
     torch.testing.assert_close(out[:, : A + M], base[:, : A + M])  # normal queries and group 0 unaffected
     padding_key = feature.detach().clone()
     padding_key[0, A + M - 1] += 5.0  # a padding slot of group 0: only its own output moves
-    out = self_attention_in_groups(layer, padding_key, pos, valid, M).detach()
+    out = self_attention_in_groups(layer, padding_key, pos, valid, G).detach()
     torch.testing.assert_close(out[0, : A + M - 1], base[0, : A + M - 1])
     assert not torch.allclose(out[0, A + M - 1], base[0, A + M - 1])
     assert torch.isfinite(base).all()  # a sample with only padding slots: each sees itself, no NaN
