@@ -8,6 +8,10 @@ all-zero target row that stays in the loss.
 Every loss takes an optional boolean `mask` over its rows instead of being called on a boolean-indexed
 selection: indexing by a mask needs the number of selected rows on the host (a GPU sync, in the
 forward and again in the backward), a masked sum does not.
+
+Every loss computes in float32 whatever its inputs' dtype: under bf16 autocast the heads' logits are
+bf16, where a confident probability rounds to exactly 1 (sigmoid(8) already does), and a focal loss
+built from that probability gets a wrong value and no gradient (tests/model/test_losses.py).
 """
 from __future__ import annotations
 
@@ -18,6 +22,11 @@ from torch import Tensor
 from sparse4d.batch import ANCHOR_COS, ANCHOR_SIN
 
 YAW = slice(ANCHOR_SIN, ANCHOR_COS + 1)  # sin, cos: a slice, since a list index would be copied to the GPU each call
+
+
+def full_precision(values: Tensor) -> Tensor:
+    """`values` in float32, or float64 if they are (bf16/fp16 logits are upcast)."""
+    return values.to(torch.promote_types(values.dtype, torch.float32))
 
 
 def one_hot_or_background(labels: Tensor, num_classes: int) -> Tensor:
@@ -43,6 +52,7 @@ def sigmoid_focal_loss(logits: Tensor, labels: Tensor, *, gamma: float, alpha: f
     logits (M, C); labels (M,) int64. Rows whose label is num_classes (unmatched), negative
     (background denoising queries) or otherwise out of range are pure negatives.
     """
+    logits = full_precision(logits)
     target = one_hot_or_background(labels, logits.shape[-1]).to(logits.dtype)
     prob = logits.sigmoid()
     p_wrong = (1 - prob) * target + prob * (1 - target)
@@ -53,18 +63,21 @@ def sigmoid_focal_loss(logits: Tensor, labels: Tensor, *, gamma: float, alpha: f
 
 def weighted_l1(pred: Tensor, target: Tensor, weights: Tensor, normaliser: Tensor | float, mask: Tensor | None = None) -> Tensor:
     """sum(|pred - target| * weights) over the rows where mask / max(normaliser, 1)."""
-    return normalised_sum((pred - target).abs() * weights, normaliser, mask)
+    return normalised_sum((full_precision(pred) - full_precision(target)).abs() * full_precision(weights), normaliser, mask)
 
 
 def centerness_loss(cns_logit: Tensor, pred_box: Tensor, target_box: Tensor, normaliser: Tensor | float, mask: Tensor | None = None) -> Tensor:
     """BCE against exp(-centre distance): how well the box centre is localised."""
-    target = torch.exp(-torch.norm(pred_box[..., :3] - target_box[..., :3], dim=-1)).detach()
+    cns_logit = full_precision(cns_logit)
+    distance = torch.norm(full_precision(pred_box[..., :3]) - full_precision(target_box[..., :3]), dim=-1)
+    target = torch.exp(-distance).detach().to(cns_logit.dtype)
     return normalised_sum(F.binary_cross_entropy_with_logits(cns_logit, target, reduction="none"), normaliser, mask)
 
 
 def gaussian_focal_loss(pred_prob: Tensor, target: Tensor, normaliser: Tensor | float, alpha: float = 2.0, gamma: float = 4.0, eps: float = 1e-12,
                         mask: Tensor | None = None) -> Tensor:
     """mmdetection's Gaussian focal loss, summed then normalised: an empty selection gives 0, not NaN."""
+    pred_prob, target = full_precision(pred_prob), full_precision(target)
     pos = target.eq(1).to(pred_prob.dtype)
     neg_weight = (1 - target).pow(gamma)
     pos_loss = -(pred_prob + eps).log() * (1 - pred_prob).pow(alpha) * pos
@@ -74,8 +87,8 @@ def gaussian_focal_loss(pred_prob: Tensor, target: Tensor, normaliser: Tensor | 
 
 def yawness_loss(yns_logit: Tensor, pred_box: Tensor, target_box: Tensor, normaliser: Tensor | float, mask: Tensor | None = None) -> Tensor:
     """Does the predicted heading point the same way as the target (cosine > 0)?"""
-    target = (F.cosine_similarity(pred_box[..., YAW], target_box[..., YAW], dim=-1) > 0).to(yns_logit.dtype).detach()
-    return gaussian_focal_loss(yns_logit.sigmoid(), target, normaliser, mask=mask)
+    target = (F.cosine_similarity(pred_box[..., YAW], target_box[..., YAW], dim=-1) > 0).float().detach()
+    return gaussian_focal_loss(full_precision(yns_logit).sigmoid(), target, normaliser, mask=mask)
 
 
 def allow_reversed_yaw(pred_box: Tensor, target_box: Tensor, labels: Tensor, reversible_classes: list[int] | Tensor) -> Tensor:

@@ -118,3 +118,29 @@ def test_masked_losses_equal_the_losses_of_the_selected_rows() -> None:
         assert torch.isfinite(masked) and torch.allclose(masked, selected, rtol=1e-5, atol=1e-6), (masked, selected)
     empty = torch.zeros(40, dtype=torch.bool)
     assert float(weighted_l1(pred, target, weights, norm, empty)) == 0.0
+
+
+def test_bf16_logits_give_the_float32_losses_and_gradients() -> None:
+    """Under bf16 autocast the heads hand bf16 logits to the losses. Confident predictions must keep
+    their loss and gradient: computed in bf16, sigmoid(8) rounds to exactly 1, so a wrong confident
+    yawness got loss 27.6 instead of 8.0 and zero gradient."""
+    logits = torch.tensor([[8.0, -3.0], [-6.0, 9.0], [2.5, 0.5]])
+    labels = torch.tensor([1, 1, 2])  # the first row is confidently wrong, the last unmatched
+    box = torch.zeros(3, 11)
+    box[:, 7] = 1.0  # heading +x
+    target_box = box.clone()
+    target_box[0, 7] = -1.0  # the first row faces the other way: its yawness target is 0
+
+    def losses(x: torch.Tensor) -> list[torch.Tensor]:
+        focal = sigmoid_focal_loss(x, labels, gamma=2.0, alpha=0.25, normaliser=2.0)
+        yawness = yawness_loss(x[:, 0], box, target_box, 1.0)
+        return [focal, yawness]
+
+    for want_fn, got_fn in zip(losses(logits), losses(logits.bfloat16())):
+        assert got_fn.dtype == torch.float32
+        torch.testing.assert_close(got_fn, want_fn, rtol=0.02, atol=1e-4)
+    grads = []
+    for x in (logits.clone().requires_grad_(), logits.bfloat16().requires_grad_()):
+        sum(losses(x)).backward()
+        grads.append(x.grad.float())
+    torch.testing.assert_close(grads[1], grads[0], rtol=0.05, atol=2e-3)
