@@ -18,16 +18,17 @@ def decode_topk(cls_logits: Tensor, anchors: Tensor, quality: Tensor | None, tra
 
     Each query contributes its best class. The top `num_output` by class score are kept; `keep`
     marks those whose class score reaches `score_threshold`. With quality estimation the final score
-    is class score x sigmoid(centerness) and the rows are re-sorted by it.
+    is class score x sigmoid(centerness) and the rows are re-sorted by it. Scores are float32 even
+    for bf16 logits (autocast inference): in bf16 every score above 0.996 would be 1.0, a tie.
     """
-    probs = cls_logits.sigmoid()
+    probs = cls_logits.float().sigmoid()
     best, labels = probs.max(dim=-1)
     scores, index = best.topk(num_output, dim=1)
     keep = scores >= score_threshold
     cls_scores = scores
     quality_prob = None
     if quality is not None:
-        quality_prob = gather_rows(quality, index).sigmoid()
+        quality_prob = gather_rows(quality, index).float().sigmoid()
         scores = scores * quality_prob[..., QUALITY_CNS]
         scores, order = scores.sort(dim=1, descending=True)
         index = torch.gather(index, 1, order)

@@ -311,7 +311,7 @@ class Sparse4D(nn.Module):
         cls = head_out.classification[-1][:, :a]
         anchors = head_out.prediction[-1][:, :a]
         quality = head_out.quality[-1]
-        confidence = cls.detach().max(dim=-1).values.sigmoid()
+        confidence = cls.detach().max(dim=-1).values.float().sigmoid()  # float32: bf16 ties the confident ones
         track_ids, next_id = bank.assign_track_ids(state, confidence, temporal_mask, first_frame, self.score_threshold)
         assert head_out.instance_feature is not None
         new_state = bank.next_state(state, head_out.instance_feature, anchors, confidence, track_ids, next_id, temporal_mask, timestamp)
@@ -403,7 +403,7 @@ class Sparse4D(nn.Module):
         self._state = new_state.kept()
         if self.training:
             bank = self.head.instance_bank
-            confidence = head_out.classification[-1][:, : bank.num_anchor].detach().max(dim=-1).values.sigmoid()
+            confidence = head_out.classification[-1][:, : bank.num_anchor].detach().max(dim=-1).values.float().sigmoid()
             self._carry_index = bank.carry_index(state, confidence, temporal_mask)[1]
         self._carried_dn = self.head.carry_dn(head_out) if self.training else None
 
