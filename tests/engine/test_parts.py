@@ -62,6 +62,21 @@ def test_backbone_group_gets_lr_mult_and_optimizer_types() -> None:
         assert groups["head"]["weight_decay"] == 0.05
         if kind == "sgd":
             assert groups["head"]["momentum"] == 0.8
+        else:
+            assert not optim.defaults["fused"]  # fused Adam(W) only for parameters on a GPU
+
+
+@pytest.mark.gpu
+def test_adam_optimizers_are_fused_on_the_gpu() -> None:
+    model = TinyDetector().cuda()
+    for kind in ("adamw", "adam"):
+        optim = build_optimizer(model, OptimConfig.model_validate({"type": kind, "lr": 0.01}))
+        assert optim.defaults["fused"] is True
+        model.head(torch.randn(1, 4, device="cuda")).sum().backward()
+        before = model.head.weight.detach().clone()
+        optim.step()
+        assert not torch.equal(before, model.head.weight)
+        optim.zero_grad(set_to_none=True)
 
 
 def _imagenet_weights(prefix: str = "") -> dict[str, torch.Tensor]:
