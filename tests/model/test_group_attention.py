@@ -65,3 +65,20 @@ def test_without_denoising_it_is_plain_self_attention() -> None:
     layer = InstanceAttention(C, num_heads=4, dropout=0.0, decouple=True)
     feature, pos, _ = inputs(3)
     torch.testing.assert_close(self_attention_in_groups(layer, feature, pos, None, 0), layer(feature, pos))
+
+
+@pytest.mark.gpu
+def test_bf16_on_the_gpu_matches_the_masked_attention() -> None:
+    """On CUDA the normal block runs unmasked (flash-eligible) and the groups with small masks; under
+    bf16 autocast it must still agree with one fp32 masked attention."""
+    torch.manual_seed(0)
+    layer = InstanceAttention(64, num_heads=8, dropout=0.0, decouple=True).cuda()
+    g = torch.Generator(device="cuda").manual_seed(4)
+    a, groups, size = 900, 5, 64
+    feature = torch.randn(2, a + groups * size, 64, device="cuda", generator=g)
+    pos = torch.randn(2, a + groups * size, 64, device="cuda", generator=g)
+    valid = torch.rand(2, groups * size, device="cuda", generator=g) > 0.2
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        grouped = self_attention_in_groups(layer, feature, pos, valid, groups)
+    dense = layer(feature, pos, attn_mask=dense_blocked(valid.cpu(), a, size).cuda().repeat_interleave(8, dim=0))
+    torch.testing.assert_close(grouped.float(), dense, rtol=3e-2, atol=3e-2)
