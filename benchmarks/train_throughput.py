@@ -353,7 +353,7 @@ def main() -> int:
                         help="the fused backward's per-pixel summation (fused_aggregation.PIXEL_BACKWARD; default: the module's)")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
-    parser.add_argument("--fused-adam", action="store_true", help="AdamW(fused=True) instead of the trainer's optimizer")
+    parser.add_argument("--fused-adam", action="store_true", help="one AdamW(fused=True) group instead of the trainer's optimizer (which is also fused on a GPU since session 10, with separate backbone and head lr groups)")
     parser.add_argument("--compile-backbone", action="store_true", help="torch.compile only the backbone+neck (in --compile-mode), also in the backbone-only step")
     parser.add_argument("--compile", action="store_true",
                         help="what train.compile does (sparse4d.engine.compile): backbone, neck, whole head, decoder losses; no time split")
