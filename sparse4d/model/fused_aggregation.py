@@ -13,9 +13,12 @@ serialises them. Here
   * one program per pixel sums its segment (grad_out x weight x coefficient) and writes that pixel's
     gradient once. Pixels nobody touched get zeros from the same write, so no memset is needed.
     Trained queries gather on few objects, so a few coarse-level pixels get thousands of entries and
-    their programs run far longer than the rest; `PIXEL_BACKWARD = "chunks"` instead cuts the sorted
+    their programs run far longer than the rest; `PIXEL_BACKWARD = "chunks"` (the default since it
+    measured faster inside the training step, benchmarks/README.md session 10) instead cuts the sorted
     entries into equal chunks and adds a run that spans chunks with one atomic row add per chunk
-    (a few per pixel, not one per entry as in the public kernel).
+    (a few per pixel, not one per entry as in the public kernel). With
+    `torch.use_deterministic_algorithms(True)` the per-pixel segments run instead, whose sums do not
+    depend on scheduling.
 
 The levels are first copied into one flat channels-last (B, N, H, W, C) buffer, so the kernels
 address every level from one pointer by offsets that depend only on shapes (`pack_feature_levels`,
@@ -185,7 +188,7 @@ def _aggregate_packed_backward(
     )
     sorted_keys, order = torch.sort(keys, stable=True)
     # Key total_pixels marks corners outside every map; it sorts last and belongs to no pixel.
-    if PIXEL_BACKWARD == "chunks":
+    if pixel_backward_mode() == "chunks":
         inside = torch.searchsorted(sorted_keys, torch.full((1,), total_pixels, device=device, dtype=key_dtype))
         grad_sum = torch.zeros(packed.shape, device=device, dtype=torch.float32)
         _chunk_backward_kernel[(triton.cdiv(entries, CHUNK_ENTRIES),)](
@@ -266,8 +269,16 @@ PIXEL_BLOCK_ENTRIES = 2
 #   "chunks":   one program per CHUNK_ENTRIES sorted entries; a run that spans programs is added by
 #               each of them with one fp32 atomic row add (a few per pixel, not one per entry), so
 #               long runs are split evenly; the summation order of split runs varies between calls.
-PIXEL_BACKWARD = "segments"
+# H200, default training step (session 10, same machine, back to back): segments 112.6 ms/step,
+# chunks 99.8 ms/step (the kernel 8.4 -> 5.2 ms per step, plus 3-4 ms of fp32 zero-fill and casts).
+PIXEL_BACKWARD = "chunks"
 CHUNK_ENTRIES = 32
+
+
+def pixel_backward_mode() -> str:
+    """PIXEL_BACKWARD, except "segments" (run-to-run identical sums) when PyTorch is asked for
+    deterministic algorithms."""
+    return "segments" if torch.are_deterministic_algorithms_enabled() else PIXEL_BACKWARD
 
 
 # ----------------------------------------------------------------------------------------------------
