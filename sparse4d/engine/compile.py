@@ -34,7 +34,8 @@ def compile_regions(model: nn.Module, mode: str | None = None, backbone: bool = 
     boxes, so a few shape variants may compile). `mode` is torch.compile's (None: default;
     "reduce-overhead" also replays each region from CUDA graphs); `backend` another torch.compile
     backend (benchmarks/eager_ops.py uses "aot_eager" to see which work stays outside the regions)."""
-    options = {"mode": mode} if backend == "inductor" else {"backend": backend}
+    no_graphs = {} if backend == "inductor" else {"backend": backend}
+    options = {"mode": mode} if backend == "inductor" else no_graphs
     head = model.head
     if backbone:  # backbone, neck, packing and the depth loss: one region
         model.encode_images = torch.compile(model.encode_images, **options)
@@ -44,7 +45,7 @@ def compile_regions(model: nn.Module, mode: str | None = None, backbone: bool = 
     model.decoder_losses = torch.compile(model.decoder_losses, **options)
     # no CUDA graph for the matching costs: its output goes straight to the host, and one fused kernel
     # launch costs the host less than a graph replay's checks and copies
-    model.matching_costs = torch.compile(model.matching_costs, **({} if backend == "inductor" else {"backend": backend}))
+    model.matching_costs = torch.compile(model.matching_costs, **no_graphs)
     LOG.info("compiled 4 regions (mode %s, backend %s)", mode or "default", backend)
     return 4
 

@@ -385,13 +385,12 @@ class Sparse4D(nn.Module):
                 )
 
         grids = self.grid_mask.draw(img) if self.grid_mask is not None and self.training else None
-        projection_mat = batch["projection_mat"].to(device=device)
-        gt_depth = batch["gt_depth"].to(device=device) if self.training and "gt_depth" in batch else None
-        feats, levels, loss_depth = self.encode_images(img, projection_mat, gt_depth, mean=mean, std=std, grids=grids)
         # camera geometry stays float32 under bf16 autocast: a bf16 projection matrix (entries in the
         # thousands, 8 significant bits) moved projected key points by up to ~11 px at 1408x512
-        projection_mat = projection_mat.float()
+        projection_mat = batch["projection_mat"].to(device=device, dtype=torch.float32)
         image_wh = batch["image_wh"].to(device=device, dtype=torch.float32)
+        gt_depth = batch["gt_depth"].to(device=device) if self.training and "gt_depth" in batch else None
+        feats, levels, loss_depth = self.encode_images(img, projection_mat, gt_depth, mean=mean, std=std, grids=grids)
         head_kwargs: dict[str, Any] = {"levels": levels}
         matcher = None
         if gt is not None:

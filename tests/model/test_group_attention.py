@@ -1,21 +1,19 @@
 """Self attention of normal queries and denoising groups, block by block."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from sparse4d.model.attention import InstanceAttention, self_attention_in_groups
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+from denoising_attention import dense_blocked  # noqa: E402  the masked-attention reference the benchmark times
+
 A, G, M, C = 6, 3, 4, 16
-
-
-def dense_blocked(dn_valid: torch.Tensor, num_anchor: int, group_size: int) -> torch.Tensor:
-    """(B, L, L) True = blocked: Sparse4D's denoising mask over all queries at once (the reference)."""
-    b, dn = dn_valid.shape
-    group = torch.cat([torch.full((num_anchor,), -1), torch.arange(dn) // group_size])
-    key_valid = torch.cat([torch.ones(b, num_anchor, dtype=torch.bool), dn_valid], dim=1)
-    allowed = (group[:, None] == group[None, :])[None] & key_valid[:, None, :]
-    return ~(allowed | torch.eye(num_anchor + dn, dtype=torch.bool)[None])
 
 
 def inputs(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
