@@ -29,6 +29,13 @@ else
     export PYTHONPATH="$PWD"
 fi
 export PYTHONUNBUFFERED=1
+# Compile caches survive between lent machines: a call leaves them in $OUT as compile_cache.partNN
+# (15 MiB pieces, the size limit on returned files); copy those into .gpu_cache/ (git-ignored) and carry
+# it, and the next machine skips most of the 5-6 minutes of Inductor and Triton compilation.
+export TORCHINDUCTOR_CACHE_DIR=/tmp/compile_cache TRITON_CACHE_DIR=/tmp/compile_cache/triton
+if ls .gpu_cache/compile_cache.part* >/dev/null 2>&1; then
+    cat .gpu_cache/compile_cache.part* | tar xzf - -C /tmp
+fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/gpu.txt" 2>&1
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" >>"$out/gpu.txt" 2>&1
 
@@ -60,4 +67,8 @@ case "$stage" in
 esac
 status=$?
 echo "stage $stage exit $status" >>"$out/gpu.txt"
+if [ -d /tmp/compile_cache ]; then
+    tar czf - -C /tmp compile_cache | split -b 15m -d - "$out/compile_cache.part"
+    du -sh /tmp/compile_cache "$out"/compile_cache.part* >>"$out/gpu.txt" 2>&1
+fi
 exit $status

@@ -322,7 +322,7 @@ def idle_gaps(events, top: int = 15) -> list[str]:
 
 
 KERNEL_KINDS = (  # first match wins; names as CUDA, cuDNN, cuBLAS, Triton and Inductor print them
-    ("fused aggregation", ("_forward_kernel", "_query_backward_kernel", "_pixel_backward_kernel")),
+    ("fused aggregation", ("_forward_kernel", "_query_backward_kernel", "_pixel_backward_kernel", "_chunk_sum_kernel", "_chunk_carry_kernel")),
     ("sort / searchsorted", ("sort", "Sort", "searchsorted")),
     ("batch norm", ("bn_", "batch_norm", "batchnorm", "BatchNorm")),
     ("convolution", ("conv", "Conv", "implicit", "wgrad", "dgrad", "fprop", "cudnn")),
@@ -360,6 +360,9 @@ def main() -> int:
     parser.add_argument("--head-as-one-graph", action="store_true",
                         help="with --compile: the whole head captured as one CUDA graph (torch.compile backend 'cudagraphs', eager kernels, no Inductor) "
                              "instead of compiled decoder modules")
+    parser.add_argument("--no-head-graphs", action="store_true",
+                        help="with --compile --compile-mode reduce-overhead: the decoder layer and losses compiled without CUDA graphs "
+                             "(compile_regions(head_graphs=False)); the image encoding keeps its graph")
     parser.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"), default="default",
                         help="torch.compile mode for --compile / --compile-backbone (reduce-overhead: CUDA graphs per region)")
     parser.add_argument("--flops-tflop", type=float, default=0.0, help="FLOPs per step from an eager run (for MFU with --compile)")
@@ -415,7 +418,7 @@ def main() -> int:
             model.head.compile(backend="cudagraphs")
             model.match_in_forward = False
         else:
-            compile_regions(model, mode)
+            compile_regions(model, mode, head_graphs=not args.no_head_graphs)
     elif args.compile_backbone:  # in place, in --compile-mode (reduce-overhead: the backbone+neck step replays CUDA graphs too)
         mode = None if args.compile_mode == "default" else args.compile_mode
         model.backbone.compile(mode=mode)
@@ -573,7 +576,7 @@ def main() -> int:
         "gpu": name, "torch": torch.__version__, "batch": args.batch, "cameras": CAMERAS, "input": f"{WIDTH}x{HEIGHT}",
         "precision": "fp32" if args.fp32 else "bf16-autocast", "channels_last": not args.no_channels_last,
         "features_channels_last": feats_channels_last, "aggregation": "fused-triton" if fused else "grid_sample",
-        "pixel_backward": fused_aggregation.PIXEL_BACKWARD, "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
+        "pixel_backward": fused_aggregation.PIXEL_BACKWARD, "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "head_graphs": not args.no_head_graphs, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
         "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
         "images_per_s": round(args.batch * CAMERAS * 1000 / step_ms, 1),
         "step_tflop": round(step_flops / 1e12, 3),

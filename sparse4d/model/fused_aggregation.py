@@ -15,10 +15,9 @@ serialises them. Here
     Trained queries gather on few objects, so a few coarse-level pixels get thousands of entries and
     their programs run far longer than the rest; `PIXEL_BACKWARD = "chunks"` (the default since it
     measured faster inside the training step, benchmarks/README.md session 10) instead cuts the sorted
-    entries into equal chunks and adds a run that spans chunks with one atomic row add per chunk
-    (a few per pixel, not one per entry as in the public kernel). With
-    `torch.use_deterministic_algorithms(True)` the per-pixel segments run instead, whose sums do not
-    depend on scheduling.
+    entries into equal chunks: a run inside a chunk is stored by it, and a run that spans chunks is
+    summed part by part into per-chunk carry rows that a second pass adds in order. Both modes add
+    in a fixed order, so gradients repeat bit for bit.
 
 The levels are first copied into one flat channels-last (B, N, H, W, C) buffer, so the kernels
 address every level from one pointer by offsets that depend only on shapes (`pack_feature_levels`,
@@ -188,15 +187,17 @@ def _aggregate_packed_backward(
     )
     sorted_keys, order = torch.sort(keys, stable=True)
     # Key total_pixels marks corners outside every map; it sorts last and belongs to no pixel.
-    if pixel_backward_mode() == "chunks":
+    if PIXEL_BACKWARD == "chunks":
         inside = torch.searchsorted(sorted_keys, torch.full((1,), total_pixels, device=device, dtype=key_dtype))
-        grad_sum = torch.zeros(packed.shape, device=device, dtype=torch.float32)
-        _chunk_backward_kernel[(triton.cdiv(entries, CHUNK_ENTRIES),)](
-            sorted_keys, inside, order, coefs, weights, grad_out, grad_sum, q, n, len(rows),
-            P=p, G=groups, CG=cg, CHUNK=CHUNK_ENTRIES, BLOCK_G=_next_pow2(groups), BLOCK_CG=_next_pow2(cg),
+        grad_packed = torch.zeros(packed.shape, device=device, dtype=packed.dtype)  # pixels nobody touched
+        chunks = triton.cdiv(entries, CHUNK_ENTRIES)
+        carry = torch.empty(chunks, 2, c, device=device, dtype=torch.float32)  # only crossing runs write it
+        blocks = dict(G=groups, CG=cg, CHUNK=CHUNK_ENTRIES, BLOCK_G=_next_pow2(groups), BLOCK_CG=_next_pow2(cg))
+        _chunk_sum_kernel[(chunks,)](
+            sorted_keys, inside, order, coefs, weights, grad_out, grad_packed, carry, q, n, len(rows), P=p, **blocks,
             num_warps=PIXEL_WARPS,
         )
-        grad_packed = grad_sum.to(packed.dtype)
+        _chunk_carry_kernel[(chunks,)](sorted_keys, inside, carry, grad_packed, **blocks, num_warps=PIXEL_WARPS)
     else:
         bounds = torch.arange(total_pixels + 1, device=device, dtype=key_dtype)
         seg_start = torch.searchsorted(sorted_keys, bounds)
@@ -266,19 +267,16 @@ PIXEL_BLOCK_ENTRIES = 2
 #   "segments": one program per pixel walks that pixel's run and writes its gradient once (no atomics,
 #               deterministic); a program costs as much as its run, and trained points pile thousands
 #               of entries onto a few coarse-level pixels.
-#   "chunks":   one program per CHUNK_ENTRIES sorted entries; a run that spans programs is added by
-#               each of them with one fp32 atomic row add (a few per pixel, not one per entry), so
-#               long runs are split evenly; the summation order of split runs varies between calls.
+#   "chunks":   one program per CHUNK_ENTRIES sorted entries, so long runs are split evenly; a run
+#               inside a chunk is stored by it, and the parts of a run that spans chunks go to an
+#               fp32 carry row per chunk, which a second pass adds in chunk order (no atomics, so
+#               deterministic too, and the gradient is written in the maps' dtype: no fp32 buffer).
 # H200, default training step (session 10, same machine, back to back): segments 112.6 ms/step,
-# chunks 99.8 ms/step (the kernel 8.4 -> 5.2 ms per step, plus 3-4 ms of fp32 zero-fill and casts).
+# chunks 99.8 ms/step (the kernel 8.4 -> 5.2 ms per step), when chunks still added with fp32 atomics
+# into a zero-filled fp32 buffer cast to bf16 afterwards (about 2.4 ms per step of fills and casts);
+# the two-pass form above writes the maps' dtype once.
 PIXEL_BACKWARD = "chunks"
 CHUNK_ENTRIES = 32
-
-
-def pixel_backward_mode() -> str:
-    """PIXEL_BACKWARD, except "segments" (run-to-run identical sums) when PyTorch is asked for
-    deterministic algorithms."""
-    return "segments" if torch.are_deterministic_algorithms_enabled() else PIXEL_BACKWARD
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -468,31 +466,84 @@ if triton is not None:
         tl.store(grad_buffer_ptr + pixel * (G * CG) + chan, acc.to(grad_buffer_ptr.dtype.element_ty), mask=chan_mask)
 
     @triton.jit
-    def _chunk_backward_kernel(
-        sorted_keys_ptr, inside_ptr, order_ptr, coefs_ptr, weights_ptr, grad_out_ptr, grad_sum_ptr, Q, N, L,
+    def _chunk_sum_kernel(
+        sorted_keys_ptr, inside_ptr, order_ptr, coefs_ptr, weights_ptr, grad_out_ptr, grad_ptr, carry_ptr, Q, N, L,
         P: tl.constexpr, G: tl.constexpr, CG: tl.constexpr,
         CHUNK: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr,
     ):
-        first = tl.program_id(0).to(tl.int64) * CHUNK
-        last = tl.minimum(first + CHUNK, tl.load(inside_ptr).to(tl.int64))  # entries past `inside` are outside every map
-        offs_g = tl.arange(0, BLOCK_G)
-        offs_j = tl.arange(0, BLOCK_CG)
-        mask_g = offs_g < G
-        chan = offs_g[:, None] * CG + offs_j[None, :]
-        chan_mask = mask_g[:, None] & (offs_j < CG)[None, :]
-        acc = tl.zeros([BLOCK_G, BLOCK_CG], dtype=tl.float32)
-        current = tl.load(sorted_keys_ptr + first, mask=first < last, other=0).to(tl.int64)
-        for pos in range(first, last):
-            key = tl.load(sorted_keys_ptr + pos).to(tl.int64)
-            if key != current:  # the run of `current` ends here: add its sum, start the next pixel's
-                tl.atomic_add(grad_sum_ptr + current * (G * CG) + chan, acc, mask=chan_mask, sem="relaxed")
-                acc = tl.zeros([BLOCK_G, BLOCK_CG], dtype=tl.float32)
-                current = key
-            entry = tl.load(order_ptr + pos)
-            coef = tl.load(coefs_ptr + entry)
-            bq, w_row = _entry_owner(entry, N, L, P)
-            wts = tl.load(weights_ptr + w_row * G + offs_g, mask=mask_g, other=0.0).to(tl.float32)
-            go = tl.load(grad_out_ptr + bq * (G * CG) + chan, mask=chan_mask, other=0.0).to(tl.float32)
-            acc += go * (wts * coef)[:, None]
+        """Pass 1 of "chunks": sum the runs of one chunk of sorted entries. A run that lies inside the
+        chunk is that pixel's whole gradient and is stored; the part of a run that crosses the chunk's
+        start goes to carry[chunk, 0], the part of one that crosses its end to carry[chunk, 1]."""
+        chunk = tl.program_id(0).to(tl.int64)
+        first = chunk * CHUNK
+        inside = tl.load(inside_ptr).to(tl.int64)  # entries from `inside` on are outside every map
+        last = tl.minimum(first + CHUNK, inside)
         if first < last:
-            tl.atomic_add(grad_sum_ptr + current * (G * CG) + chan, acc, mask=chan_mask, sem="relaxed")
+            offs_g = tl.arange(0, BLOCK_G)
+            offs_j = tl.arange(0, BLOCK_CG)
+            mask_g = offs_g < G
+            chan = offs_g[:, None] * CG + offs_j[None, :]
+            chan_mask = mask_g[:, None] & (offs_j < CG)[None, :]
+            head = tl.load(sorted_keys_ptr + first).to(tl.int64)
+            before = tl.load(sorted_keys_ptr + first - 1, mask=first > 0, other=-1).to(tl.int64)
+            tail = tl.load(sorted_keys_ptr + last - 1).to(tl.int64)
+            after = tl.load(sorted_keys_ptr + last, mask=last < inside, other=-1).to(tl.int64)
+            head_crosses = before == head
+            carry_head = carry_ptr + chunk * (2 * G * CG) + chan
+            acc = tl.zeros([BLOCK_G, BLOCK_CG], dtype=tl.float32)
+            current = head
+            for pos in range(first, last):
+                key = tl.load(sorted_keys_ptr + pos).to(tl.int64)
+                if key != current:  # the run of `current` ends here
+                    if head_crosses & (current == head):
+                        tl.store(carry_head, acc, mask=chan_mask)
+                    else:
+                        tl.store(grad_ptr + current * (G * CG) + chan, acc.to(grad_ptr.dtype.element_ty), mask=chan_mask)
+                    acc = tl.zeros([BLOCK_G, BLOCK_CG], dtype=tl.float32)
+                    current = key
+                entry = tl.load(order_ptr + pos)
+                coef = tl.load(coefs_ptr + entry)
+                bq, w_row = _entry_owner(entry, N, L, P)
+                wts = tl.load(weights_ptr + w_row * G + offs_g, mask=mask_g, other=0.0).to(tl.float32)
+                go = tl.load(grad_out_ptr + bq * (G * CG) + chan, mask=chan_mask, other=0.0).to(tl.float32)
+                acc += go * (wts * coef)[:, None]
+            if head_crosses & (current == head):
+                tl.store(carry_head, acc, mask=chan_mask)
+            elif after == tail:
+                tl.store(carry_head + G * CG, acc, mask=chan_mask)
+            else:
+                tl.store(grad_ptr + current * (G * CG) + chan, acc.to(grad_ptr.dtype.element_ty), mask=chan_mask)
+
+    @triton.jit
+    def _chunk_carry_kernel(
+        sorted_keys_ptr, inside_ptr, carry_ptr, grad_ptr,
+        G: tl.constexpr, CG: tl.constexpr, CHUNK: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_CG: tl.constexpr,
+    ):
+        """Pass 2 of "chunks": the chunk where a crossing run starts adds the run's parts from the
+        chunks it reaches into, in chunk order, and stores that pixel's gradient."""
+        chunk = tl.program_id(0).to(tl.int64)
+        first = chunk * CHUNK
+        inside = tl.load(inside_ptr).to(tl.int64)
+        last = tl.minimum(first + CHUNK, inside)
+        if (first < last) & (last < inside):
+            tail = tl.load(sorted_keys_ptr + last - 1).to(tl.int64)
+            after = tl.load(sorted_keys_ptr + last).to(tl.int64)
+            head = tl.load(sorted_keys_ptr + first).to(tl.int64)
+            before = tl.load(sorted_keys_ptr + first - 1, mask=first > 0, other=-1).to(tl.int64)
+            starts_here = (head != tail) | (before != head)
+            if (after == tail) & starts_here:
+                offs_g = tl.arange(0, BLOCK_G)
+                offs_j = tl.arange(0, BLOCK_CG)
+                chan = offs_g[:, None] * CG + offs_j[None, :]
+                chan_mask = (offs_g < G)[:, None] & (offs_j < CG)[None, :]
+                acc = tl.load(carry_ptr + chunk * (2 * G * CG) + G * CG + chan, mask=chan_mask, other=0.0)
+                reach = chunk + 1
+                going = after == tail
+                while going:  # chunk `reach` starts with the run; it continues past it if it fills it
+                    acc += tl.load(carry_ptr + reach * (2 * G * CG) + chan, mask=chan_mask, other=0.0)
+                    reach_last = tl.minimum((reach + 1) * CHUNK, inside)
+                    fills = tl.load(sorted_keys_ptr + reach_last - 1).to(tl.int64) == tail
+                    next_key = tl.load(sorted_keys_ptr + reach_last, mask=reach_last < inside, other=-1).to(tl.int64)
+                    going = fills & (next_key == tail)
+                    reach += 1
+                tl.store(grad_ptr + tail * (G * CG) + chan, acc.to(grad_ptr.dtype.element_ty), mask=chan_mask)

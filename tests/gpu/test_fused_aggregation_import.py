@@ -41,15 +41,3 @@ def test_maps_the_kernel_cannot_read_stay_unpacked() -> None:
     on_cpu = [torch.zeros(1, 2, 16, 5, 7)]
     assert fused_aggregation.pack_feature_levels(on_cpu) is on_cpu
     assert not fused_aggregation._maps_fit_kernel([torch.zeros(1, 2, 8, 5, 7)])  # C=8: levels would start unaligned
-
-
-def test_feature_gradient_mode_is_chunks_unless_determinism_is_asked() -> None:
-    from sparse4d.model import fused_aggregation as fa
-
-    assert fa.PIXEL_BACKWARD == "chunks" and fa.pixel_backward_mode() == "chunks"
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        assert fa.pixel_backward_mode() == "segments"
-    finally:
-        torch.use_deterministic_algorithms(False)
-    assert fa.pixel_backward_mode() == "chunks"

@@ -25,6 +25,7 @@ sizes = [(6, 10), (3, 5), (1, 2)]
 maps = [torch.randn(b, n, c, h, w, dtype=torch.float64).float() for h, w in sizes]
 points = torch.rand(b, q, p, n, 2) * 1.2 - 0.1  # some outside the maps
 points[:, :3] = 0.5  # three queries on one spot: runs longer than a chunk
+points[:, 3:5] = 0.31  # two on another: a chunk can end one crossing run and start the next
 weights = torch.rand(b, q, n, len(sizes), p, g)
 grad_out = torch.randn(b, q, c)
 packed = torch.cat([f.permute(0, 1, 3, 4, 2).reshape(-1) for f in maps])
@@ -38,9 +39,10 @@ ref_packed = torch.cat([m.grad.permute(0, 1, 3, 4, 2).reshape(-1) for m in ref_m
 
 out = fa._aggregate_packed(packed, points, weights, level_hw)
 assert (out - ref_out).abs().max() < 1e-5, "forward"
-for mode, chunk in (("segments", 0), ("chunks", 1), ("chunks", 4), ("chunks", 32)):
+for mode, chunk in (("segments", 0), ("chunks", 1), ("chunks", 2), ("chunks", 3), ("chunks", 4), ("chunks", 7), ("chunks", 32)):
     fa.PIXEL_BACKWARD, fa.CHUNK_ENTRIES = mode, max(chunk, 1)
     g_packed, g_points, g_weights = fa._aggregate_packed_backward(packed, points, weights, grad_out, level_hw)
+    assert g_packed.dtype == packed.dtype
     assert (g_packed - ref_packed).abs().max() < 1e-5, (mode, chunk, "features")
     assert (g_weights - ref_weights.grad).abs().max() < 1e-5, (mode, chunk, "weights")
     assert (g_points - ref_points.grad).abs().max() < 1e-4 * max(1.0, float(ref_points.grad.abs().max())), (mode, chunk, "points")
