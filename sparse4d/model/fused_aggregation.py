@@ -299,6 +299,23 @@ if triton is not None:
         return x0f.to(tl.int32), y0f.to(tl.int32), x - x0f, y - y0f, near
 
     @triton.jit
+    def _camera_seen(u, v, mask_p):
+        """Whether any sample point can touch this camera's maps: `_bilinear_setup`'s `near` implies
+        u, v in (-0.5/W, 1 + 0.5/W) at every level. Most of a query's points fall in one or two of the
+        cameras, and the kernels skip the others' levels instead of running masked loads there."""
+        inside = (u > -0.5) & (u < 1.5) & (v > -0.5) & (v < 1.5) & mask_p
+        return tl.max(inside.to(tl.int32), axis=0) > 0
+
+    @triton.jit
+    def _corner_value(image, x0, y0, near, height, width, chan, chan_mask, DX: tl.constexpr, DY: tl.constexpr, GC: tl.constexpr):
+        """(BLOCK_P, BLOCK_G, BLOCK_CG) float32 values at corner (x0 + DX, y0 + DY), zero outside the map."""
+        xi = x0 + DX
+        yi = y0 + DY
+        ok = near & (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
+        pix = (yi * width + xi).to(tl.int64) * GC
+        return tl.load(image + pix[:, None, None] + chan[None, :, :], mask=ok[:, None, None] & chan_mask[None, :, :], other=0.0).to(tl.float32)
+
+    @triton.jit
     def _forward_kernel(
         feat_ptr, table_ptr, points_ptr, weights_ptr, out_ptr, Q, N, L,
         P: tl.constexpr, G: tl.constexpr, CG: tl.constexpr,
@@ -318,28 +335,25 @@ if triton is not None:
             pt = points_ptr + ((bq * P + offs_p) * N + n) * 2
             u = tl.load(pt, mask=mask_p, other=-1.0).to(tl.float32)
             v = tl.load(pt + 1, mask=mask_p, other=-1.0).to(tl.float32)
-            for lvl in range(L):
-                row = table_ptr + lvl * 4
-                offset = tl.multiple_of(tl.load(row), 16)
-                height = tl.load(row + 1)
-                width = tl.load(row + 2)
-                x0, y0, fx, fy, near = _bilinear_setup(u, v, height, width)
-                near = near & mask_p
-                w_idx = (((bq * N + n) * L + lvl) * P + offs_p)[:, None] * G + offs_g[None, :]
-                wts = tl.load(weights_ptr + w_idx, mask=mask_p[:, None] & mask_g[None, :], other=0.0).to(tl.float32)
-                image = feat_ptr + offset + (b * N + n) * height * width * (G * CG)
-                sample = tl.zeros([BLOCK_P, BLOCK_G, BLOCK_CG], dtype=tl.float32)
-                for corner in tl.static_range(4):
-                    dy = corner // 2
-                    dx = corner % 2
-                    xi = x0 + dx
-                    yi = y0 + dy
-                    ok = near & (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
-                    cw = (fx * dx + (1.0 - fx) * (1 - dx)) * (fy * dy + (1.0 - fy) * (1 - dy))
-                    pix = (yi * width + xi).to(tl.int64) * (G * CG)
-                    val = tl.load(image + pix[:, None, None] + chan[None, :, :], mask=ok[:, None, None] & chan_mask[None, :, :], other=0.0)
-                    sample += cw[:, None, None] * val.to(tl.float32)
-                acc += tl.sum(sample * wts[:, :, None], axis=0)
+            if _camera_seen(u, v, mask_p):
+                for lvl in range(L):
+                    row = table_ptr + lvl * 4
+                    offset = tl.multiple_of(tl.load(row), 16)
+                    height = tl.load(row + 1)
+                    width = tl.load(row + 2)
+                    x0, y0, fx, fy, near = _bilinear_setup(u, v, height, width)
+                    near = near & mask_p
+                    w_idx = (((bq * N + n) * L + lvl) * P + offs_p)[:, None] * G + offs_g[None, :]
+                    wts = tl.load(weights_ptr + w_idx, mask=mask_p[:, None] & mask_g[None, :], other=0.0).to(tl.float32)
+                    image = feat_ptr + offset + (b * N + n) * height * width * (G * CG)
+                    v00 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 0, 0, G * CG)
+                    v01 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 1, 0, G * CG)
+                    v10 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 0, 1, G * CG)
+                    v11 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 1, 1, G * CG)
+                    wx0 = (1.0 - fx)[:, None, None]
+                    wx1 = fx[:, None, None]
+                    sample = (1.0 - fy)[:, None, None] * (wx0 * v00 + wx1 * v01) + fy[:, None, None] * (wx0 * v10 + wx1 * v11)
+                    acc += tl.sum(sample * wts[:, :, None], axis=0)
         tl.store(out_ptr + bq * (G * CG) + chan, acc.to(out_ptr.dtype.element_ty), mask=chan_mask)
 
     @triton.jit
@@ -365,6 +379,7 @@ if triton is not None:
             v = tl.load(pt + 1, mask=mask_p, other=-1.0).to(tl.float32)
             grad_u = tl.zeros([BLOCK_P], dtype=tl.float32)
             grad_v = tl.zeros([BLOCK_P], dtype=tl.float32)
+            seen = _camera_seen(u, v, mask_p)
             for lvl in range(L):
                 row = table_ptr + lvl * 4
                 offset = tl.multiple_of(tl.load(row), 16)
@@ -373,50 +388,40 @@ if triton is not None:
                 pixel_base = tl.load(row + 3)
                 x0, y0, fx, fy, near = _bilinear_setup(u, v, height, width)
                 near = near & mask_p
-                w_idx = (((bq * N + n) * L + lvl) * P + offs_p)[:, None] * G + offs_g[None, :]
-                w_mask = mask_p[:, None] & mask_g[None, :]
-                wts = tl.load(weights_ptr + w_idx, mask=w_mask, other=0.0).to(tl.float32)
                 image_pix = (b * N + n) * height * width
-                image = feat_ptr + offset + image_pix * (G * CG)
                 entry = ((((bq * P + offs_p) * N + n) * L + lvl) * 4).to(tl.int64)
-                v00 = tl.zeros([BLOCK_P, BLOCK_G, BLOCK_CG], dtype=tl.float32)
-                v01 = tl.zeros([BLOCK_P, BLOCK_G, BLOCK_CG], dtype=tl.float32)
-                v10 = tl.zeros([BLOCK_P, BLOCK_G, BLOCK_CG], dtype=tl.float32)
-                v11 = tl.zeros([BLOCK_P, BLOCK_G, BLOCK_CG], dtype=tl.float32)
-                for corner in tl.static_range(4):
+                for corner in tl.static_range(4):  # each corner's pixel key and bilinear coefficient
                     dy = corner // 2
                     dx = corner % 2
                     xi = x0 + dx
                     yi = y0 + dy
                     ok = near & (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
                     cw = (fx * dx + (1.0 - fx) * (1 - dx)) * (fy * dy + (1.0 - fy) * (1 - dy))
-                    pix = yi * width + xi
-                    val = tl.load(
-                        image + pix.to(tl.int64)[:, None, None] * (G * CG) + chan[None, :, :],
-                        mask=ok[:, None, None] & chan_mask[None, :, :], other=0.0,
-                    ).to(tl.float32)
-                    key = tl.where(ok, pixel_base + image_pix + pix, OUTSIDE_KEY)
+                    key = tl.where(ok, pixel_base + image_pix + yi * width + xi, OUTSIDE_KEY)
                     tl.store(keys_ptr + entry + corner, key.to(keys_ptr.dtype.element_ty), mask=mask_p)
                     tl.store(coefs_ptr + entry + corner, cw, mask=mask_p)
-                    if corner == 0:
-                        v00 = val
-                    elif corner == 1:
-                        v01 = val
-                    elif corner == 2:
-                        v10 = val
-                    else:
-                        v11 = val
-                wx0 = (1.0 - fx)[:, None, None]
-                wx1 = fx[:, None, None]
-                wy0 = (1.0 - fy)[:, None, None]
-                wy1 = fy[:, None, None]
-                sample = wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11)
-                tl.store(grad_weights_ptr + w_idx, tl.sum(sample * go[None, :, :], axis=2), mask=w_mask)
-                scaled = go[None, :, :] * wts[:, :, None]
-                d_x = wy0 * (v01 - v00) + wy1 * (v11 - v10)
-                d_y = wx0 * (v10 - v00) + wx1 * (v11 - v01)
-                grad_u += tl.sum(tl.sum(scaled * d_x, axis=2), axis=1) * width.to(tl.float32)
-                grad_v += tl.sum(tl.sum(scaled * d_y, axis=2), axis=1) * height.to(tl.float32)
+                w_idx = (((bq * N + n) * L + lvl) * P + offs_p)[:, None] * G + offs_g[None, :]
+                w_mask = mask_p[:, None] & mask_g[None, :]
+                grad_w = tl.zeros([BLOCK_P, BLOCK_G], dtype=tl.float32)
+                if seen:
+                    wts = tl.load(weights_ptr + w_idx, mask=w_mask, other=0.0).to(tl.float32)
+                    image = feat_ptr + offset + image_pix * (G * CG)
+                    v00 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 0, 0, G * CG)
+                    v01 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 1, 0, G * CG)
+                    v10 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 0, 1, G * CG)
+                    v11 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 1, 1, G * CG)
+                    wx0 = (1.0 - fx)[:, None, None]
+                    wx1 = fx[:, None, None]
+                    wy0 = (1.0 - fy)[:, None, None]
+                    wy1 = fy[:, None, None]
+                    sample = wy0 * (wx0 * v00 + wx1 * v01) + wy1 * (wx0 * v10 + wx1 * v11)
+                    grad_w = tl.sum(sample * go[None, :, :], axis=2)
+                    scaled = go[None, :, :] * wts[:, :, None]
+                    d_x = wy0 * (v01 - v00) + wy1 * (v11 - v10)
+                    d_y = wx0 * (v10 - v00) + wx1 * (v11 - v01)
+                    grad_u += tl.sum(tl.sum(scaled * d_x, axis=2), axis=1) * width.to(tl.float32)
+                    grad_v += tl.sum(tl.sum(scaled * d_y, axis=2), axis=1) * height.to(tl.float32)
+                tl.store(grad_weights_ptr + w_idx, grad_w, mask=w_mask)
             gp = grad_points_ptr + ((bq * P + offs_p) * N + n) * 2
             tl.store(gp, grad_u, mask=mask_p)
             tl.store(gp + 1, grad_v, mask=mask_p)

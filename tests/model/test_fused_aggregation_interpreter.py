@@ -26,6 +26,8 @@ maps = [torch.randn(b, n, c, h, w, dtype=torch.float64).float() for h, w in size
 points = torch.rand(b, q, p, n, 2) * 1.2 - 0.1  # some outside the maps
 points[:, :3] = 0.5  # three queries on one spot: runs longer than a chunk
 points[:, 3:5] = 0.31  # two on another: a chunk can end one crossing run and start the next
+points[:, 5:, :, 1] = 2.5  # the last queries see camera 0 only: the kernels skip camera 1's levels
+points[:, 6, 0, 1] = -0.01  # ...except one point just off the left edge, whose corners reach in
 weights = torch.rand(b, q, n, len(sizes), p, g)
 grad_out = torch.randn(b, q, c)
 packed = torch.cat([f.permute(0, 1, 3, 4, 2).reshape(-1) for f in maps])
