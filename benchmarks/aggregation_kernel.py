@@ -21,19 +21,29 @@ from sparse4d.model.aggregation import deformable_aggregation
 LEVELS = [(128, 352), (64, 176), (32, 88), (16, 44)]
 
 
-POINTS = "uniform"  # or "clustered" (--points)
+POINTS = "uniform"  # or "clustered", "visible" (--points)
 
 
 def sample_points(b: int, q: int, p: int, n: int, g: torch.Generator) -> torch.Tensor:
     """Normalised (u, v). "uniform": anywhere in every camera. "clustered": every query's points
     within ~2% of one of 16 spots per sample, as trained queries gather on the few objects of a
-    scene; coarse-level pixels then collect thousands of entries (long runs in the pixel backward)."""
+    scene; coarse-level pixels then collect thousands of entries (long runs in the pixel backward).
+    "visible": clustered, but as projected points are, inside one camera (a quarter of the queries
+    also in the next one) and outside all others, whose levels the kernels then skip."""
     if POINTS == "uniform":
         return torch.rand(b, q, p, n, 2, generator=g, device="cuda")
     spots = torch.rand(b, 16, 1, n, 2, generator=g, device="cuda") * 0.8 + 0.1
     pick = torch.randint(0, 16, (b, q), generator=g, device="cuda")
     centres = torch.gather(spots.expand(b, 16, p, n, 2), 1, pick[:, :, None, None, None].expand(b, q, p, n, 2))
-    return (centres + torch.randn(b, q, p, n, 2, generator=g, device="cuda") * 0.02).clamp(0, 1)
+    points = (centres + torch.randn(b, q, p, n, 2, generator=g, device="cuda") * 0.02).clamp(0, 1)
+    if POINTS == "clustered":
+        return points
+    home = torch.randint(0, n, (b, q), generator=g, device="cuda")
+    cams = torch.arange(n, device="cuda")
+    also_next = torch.rand(b, q, generator=g, device="cuda") < 0.25
+    seen = (cams == home[..., None]) | ((cams == (home[..., None] + 1) % n) & also_next[..., None])  # (b, q, n)
+    outside = torch.rand(b, q, p, n, 2, generator=g, device="cuda") * 2 + 1.2
+    return torch.where(seen[:, :, None, :, None], points, outside)
 
 
 def make_inputs(b: int, q: int, dtype: torch.dtype, channels_last: bool, n: int = 6, c: int = 256, groups: int = 8, p: int = 13, seed: int = 0):
@@ -136,7 +146,7 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="also try launch shapes (batch 1, bf16)")
     parser.add_argument("--json", help="write all figures here")
     parser.add_argument("--skip-reference", action="store_true")
-    parser.add_argument("--points", choices=("uniform", "clustered"), default="uniform", help="where the sampling points fall (see sample_points)")
+    parser.add_argument("--points", choices=("uniform", "clustered", "visible"), default="uniform", help="where the sampling points fall (see sample_points)")
     parser.add_argument("--pixel-backward", choices=("segments", "chunks"), default=fa.PIXEL_BACKWARD,
                         help="how the feature gradient is summed per pixel (fused_aggregation.PIXEL_BACKWARD)")
     args = parser.parse_args()

@@ -6,8 +6,8 @@
 #
 #   bash benchmarks/gpu_session.sh tests              # GPU-marked tests of the kernels and the model
 #   bash benchmarks/gpu_session.sh tests-train        # GPU-marked trainer tests (Lightning, compiled regions; slow)
-#   bash benchmarks/gpu_session.sh kernel             # fused aggregation, both pixel-backward modes;
-#                                                     # denoising self attention, masked vs in groups (bf16)
+#   bash benchmarks/gpu_session.sh kernel             # fused aggregation: both pixel-backward modes on
+#                                                     # clustered points, and points visible in 1-2 cameras
 #   bash benchmarks/gpu_session.sh train [ARGS...]    # compiled training step, --profile --host-timeline
 #   bash benchmarks/gpu_session.sh eager-ops          # eager ops between the regions (CPU-side count)
 #
@@ -50,11 +50,11 @@ case "$stage" in
         ;;
     kernel)
         for mode in segments chunks; do
-            timeout 220 python3 benchmarks/aggregation_kernel.py --points clustered --pixel-backward "$mode" \
+            timeout 200 python3 benchmarks/aggregation_kernel.py --points clustered --pixel-backward "$mode" \
                 --json "$out/agg_clustered_$mode.json" >"$out/agg_clustered_$mode.log" 2>&1
         done
-        timeout 100 python3 benchmarks/denoising_attention.py --bf16 --json "$out/denoising_attention.json" \
-            >"$out/denoising_attention.log" 2>&1
+        timeout 150 python3 benchmarks/aggregation_kernel.py --points visible \
+            --json "$out/agg_visible.json" >"$out/agg_visible.log" 2>&1
         ;;
     train)
         timeout 570 python3 benchmarks/train_throughput.py --steps 16 --warmup 5 --fused-adam --compile \
