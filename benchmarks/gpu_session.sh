@@ -8,7 +8,8 @@
 #   bash benchmarks/gpu_session.sh tests-train        # GPU-marked trainer tests (Lightning, compiled regions; slow)
 #   bash benchmarks/gpu_session.sh kernel             # fused aggregation: both pixel-backward modes on
 #                                                     # clustered points, and points visible in 1-2 cameras
-#   bash benchmarks/gpu_session.sh train [ARGS...]    # compiled training step, --profile --host-timeline
+#   bash benchmarks/gpu_session.sh train [ARGS...]    # compiled training step, --profile --host-timeline,
+#                                                     # trace + what the host did in each GPU idle gap
 #   bash benchmarks/gpu_session.sh eager-ops          # eager ops between the regions (CPU-side count)
 #
 # Needs python3 with torch (CUDA) and Triton; pydantic and jsonschema are installed from ./.wheels
@@ -29,13 +30,6 @@ else
     export PYTHONPATH="$PWD"
 fi
 export PYTHONUNBUFFERED=1
-# Compile caches survive between lent machines: a call leaves them in $OUT as compile_cache.partNN
-# (15 MiB pieces, the size limit on returned files); copy those into .gpu_cache/ (git-ignored) and carry
-# it, and the next machine skips most of the 5-6 minutes of Inductor and Triton compilation.
-export TORCHINDUCTOR_CACHE_DIR=/tmp/compile_cache TRITON_CACHE_DIR=/tmp/compile_cache/triton
-if ls .gpu_cache/compile_cache.part* >/dev/null 2>&1; then
-    cat .gpu_cache/compile_cache.part* | tar xzf - -C /tmp
-fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/gpu.txt" 2>&1
 python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" >>"$out/gpu.txt" 2>&1
 
@@ -59,7 +53,7 @@ case "$stage" in
     train)
         timeout 570 python3 benchmarks/train_throughput.py --steps 16 --warmup 5 --fused-adam --compile \
             --compile-mode reduce-overhead --flops-tflop 12.27 --profile --host-timeline \
-            --json "$out/train.json" "$@" >"$out/train.log" 2>&1
+            --trace "$out/trace.json.gz" --json "$out/train.json" "$@" >"$out/train.log" 2>&1
         ;;
     eager-ops)
         timeout 570 python3 benchmarks/eager_ops.py --json "$out/eager_ops.json" >"$out/eager_ops.log" 2>&1
@@ -67,8 +61,4 @@ case "$stage" in
 esac
 status=$?
 echo "stage $stage exit $status" >>"$out/gpu.txt"
-if [ -d /tmp/compile_cache ]; then
-    tar czf - -C /tmp compile_cache | split -b 15m -d - "$out/compile_cache.part"
-    du -sh /tmp/compile_cache "$out"/compile_cache.part* >>"$out/gpu.txt" 2>&1
-fi
 exit $status

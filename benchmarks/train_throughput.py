@@ -242,7 +242,8 @@ def profile_steps(step, count: int, trace_path: str | None = None) -> dict:
     from torch.profiler import ProfilerActivity, profile
     torch.cuda.synchronize()
     start = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    # with a trace, Python frames too: trace_gaps.py then names the host code behind each GPU idle gap
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], with_stack=bool(trace_path)) as prof:
         for _ in range(count):
             step()
         torch.cuda.synchronize()
@@ -254,7 +255,13 @@ def profile_steps(step, count: int, trace_path: str | None = None) -> dict:
     gpu_ms = sum(e.self_device_time_total for e in kernels) / 1000
     cpu_ops = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CPU), key=lambda e: -e.self_cpu_time_total)
     launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx"))
+    gap_causes = None
+    if trace_path:
+        from trace_gaps import explain_gaps, load_trace
+
+        gap_causes = explain_gaps(load_trace(trace_path), top=8, min_ms=0.5)
     return {
+        "gap_causes": gap_causes,
         "wall_ms_per_step": round(wall_ms / count, 1), "gpu_kernel_ms_per_step": round(gpu_ms / count, 1),
         "gpu_busy_share": round(gpu_ms / wall_ms, 3), "kernel_launches_per_step": launches // count,
         "top_host_ops_ms_per_step": {e.key[:50]: round(e.self_cpu_time_total / 1000 / count, 2) for e in cpu_ops[:15]},
@@ -354,18 +361,12 @@ def main() -> int:
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     parser.add_argument("--fused-adam", action="store_true", help="one AdamW(fused=True) group instead of the trainer's optimizer (which is also fused on a GPU since session 10, with separate backbone and head lr groups)")
-    parser.add_argument("--graphed-optimizer", action="store_true",
-                        help="clip + fused AdamW (capturable, tensor lr) + zeroing the gradients as one CUDA-graph replay "
-                             "(sparse4d.engine.graphed_step); gradients stay allocated and are zeroed in place")
     parser.add_argument("--compile-backbone", action="store_true", help="torch.compile only the backbone+neck (in --compile-mode), also in the backbone-only step")
     parser.add_argument("--compile", action="store_true",
                         help="what train.compile does (sparse4d.engine.compile): backbone, neck, whole head, decoder losses; no time split")
     parser.add_argument("--head-as-one-graph", action="store_true",
                         help="with --compile: the whole head captured as one CUDA graph (torch.compile backend 'cudagraphs', eager kernels, no Inductor) "
                              "instead of compiled decoder modules")
-    parser.add_argument("--no-head-graphs", action="store_true",
-                        help="with --compile --compile-mode reduce-overhead: the decoder layer and losses compiled without CUDA graphs "
-                             "(compile_regions(head_graphs=False)); the image encoding keeps its graph")
     parser.add_argument("--compile-mode", choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"), default="default",
                         help="torch.compile mode for --compile / --compile-backbone (reduce-overhead: CUDA graphs per region)")
     parser.add_argument("--flops-tflop", type=float, default=0.0, help="FLOPs per step from an eager run (for MFU with --compile)")
@@ -404,20 +405,12 @@ def main() -> int:
     if not args.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_cfg = TrainConfig()
-    max_norm = float(train_cfg.optim.grad_clip.max_norm)
-    graphed_step = None
-    if args.graphed_optimizer:  # clip + AdamW + zeroing replayed as one CUDA graph (tensor lr, capturable)
-        from sparse4d.engine.graphed_step import GraphedOptimizerStep
-
-        optim = train_cfg.optim
-        optimizer = torch.optim.AdamW(model.parameters(), lr=torch.tensor(float(optim.lr), device=device),
-                                      weight_decay=float(optim.weight_decay), fused=True, capturable=True)
-        graphed_step = GraphedOptimizerStep(optimizer, max_norm)
-    elif args.fused_adam:
+    if args.fused_adam:
         optim = train_cfg.optim
         optimizer = torch.optim.AdamW(model.parameters(), lr=float(optim.lr), weight_decay=float(optim.weight_decay), fused=True)
     else:
         optimizer = build_optimizer(model, train_cfg.optim)
+    max_norm = float(train_cfg.optim.grad_clip.max_norm)
     if args.compile:
         from sparse4d.engine.compile import compile_regions
 
@@ -429,7 +422,7 @@ def main() -> int:
             model.head.compile(backend="cudagraphs")
             model.match_in_forward = False
         else:
-            compile_regions(model, mode, head_graphs=not args.no_head_graphs)
+            compile_regions(model, mode)
     elif args.compile_backbone:  # in place, in --compile-mode (reduce-overhead: the backbone+neck step replays CUDA graphs too)
         mode = None if args.compile_mode == "default" else args.compile_mode
         model.backbone.compile(mode=mode)
@@ -466,13 +459,10 @@ def main() -> int:
             losses["loss"].backward()
         mark("backward_queued")
         with timeline.region("optimizer"):
-            if graphed_step is not None:
-                graphed_step.step()
-            else:
-                if max_norm > 0:  # the parameters as the trainer's configure_gradient_clipping takes them
-                    torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"] if p.grad is not None], max_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            if max_norm > 0:  # the parameters as the trainer's configure_gradient_clipping takes them
+                torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"] if p.grad is not None], max_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
         mark("optimizer_queued")
 
     for step in range(args.warmup):  # compiled runs compile here (minutes): report progress
@@ -590,7 +580,7 @@ def main() -> int:
         "gpu": name, "torch": torch.__version__, "batch": args.batch, "cameras": CAMERAS, "input": f"{WIDTH}x{HEIGHT}",
         "precision": "fp32" if args.fp32 else "bf16-autocast", "channels_last": not args.no_channels_last,
         "features_channels_last": feats_channels_last, "aggregation": "fused-triton" if fused else "grid_sample",
-        "pixel_backward": fused_aggregation.PIXEL_BACKWARD, "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "head_graphs": not args.no_head_graphs, "graphed_optimizer": args.graphed_optimizer, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
+        "pixel_backward": fused_aggregation.PIXEL_BACKWARD, "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
         "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
         "images_per_s": round(args.batch * CAMERAS * 1000 / step_ms, 1),
         "step_tflop": round(step_flops / 1e12, 3),

@@ -26,29 +26,23 @@ from torch import nn
 LOG = logging.getLogger(__name__)
 
 
-def compile_regions(
-    model: nn.Module, mode: str | None = None, backbone: bool = True, backend: str = "inductor", head_graphs: bool = True
-) -> int:
+def compile_regions(model: nn.Module, mode: str | None = None, backbone: bool = True, backend: str = "inductor") -> int:
     """Compile a `Sparse4D`'s image encoding (`encode_images`: backbone, neck, feature packing, depth
     loss; only the packing when `backbone` is False), its decoder layer, the decoder losses and the
     matching costs; returns how many functions were wrapped. Shapes
     are static per config (denoising pads to a fixed query count only when every sample has max_dn_gt
     boxes, so a few shape variants may compile). `mode` is torch.compile's (None: default;
     "reduce-overhead" also replays each region from CUDA graphs); `backend` another torch.compile
-    backend (benchmarks/eager_ops.py uses "aot_eager" to see which work stays outside the regions).
-    `head_graphs=False` compiles the decoder layer and losses without CUDA graphs whatever `mode`
-    says: a graph replay costs the host checks of every saved output, a plain compiled call one
-    launch per kernel (benchmarks/train_throughput.py --no-head-graphs measures which is cheaper)."""
+    backend (benchmarks/eager_ops.py uses "aot_eager" to see which work stays outside the regions)."""
     no_graphs = {} if backend == "inductor" else {"backend": backend}
     options = {"mode": mode} if backend == "inductor" else no_graphs
-    head_options = options if head_graphs else no_graphs
     head = model.head
     if backbone:  # backbone, neck, packing and the depth loss: one region
         model.encode_images = torch.compile(model.encode_images, **options)
     else:
         head.prepare_levels = torch.compile(head.prepare_levels, **options)
-    head.decoder_layer = torch.compile(head.decoder_layer, **head_options)
-    model.decoder_losses = torch.compile(model.decoder_losses, **head_options)
+    head.decoder_layer = torch.compile(head.decoder_layer, **options)
+    model.decoder_losses = torch.compile(model.decoder_losses, **options)
     # no CUDA graph for the matching costs: its output goes straight to the host, and one fused kernel
     # launch costs the host less than a graph replay's checks and copies
     model.matching_costs = torch.compile(model.matching_costs, **no_graphs)

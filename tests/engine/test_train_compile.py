@@ -241,22 +241,3 @@ def test_compiled_regions_train_like_the_eager_model(tmp_path: Path) -> None:
     assert counters["stats"]["unique_graphs"] >= 4  # the regions did run compiled
     assert not counters["graph_break"]
     dynamo.reset()
-
-
-@pytest.mark.parametrize("head_graphs", [True, False])
-def test_head_regions_can_skip_cuda_graphs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, head_graphs: bool) -> None:
-    """`head_graphs=False` keeps reduce-overhead (CUDA graphs) for the image encoding only; the matching
-    costs never get a graph."""
-    from sparse4d.engine import compile as compile_module
-
-    modes: dict[str, str | None] = {}
-
-    def record(fn, **options):
-        modes[fn.__name__] = options.get("mode")
-        return fn
-
-    monkeypatch.setattr(compile_module.torch, "compile", record)
-    compile_module.compile_regions(small_model(tmp_path), mode="reduce-overhead", head_graphs=head_graphs)
-    head_mode = "reduce-overhead" if head_graphs else None
-    assert modes == {"encode_images": "reduce-overhead", "decoder_layer": head_mode, "decoder_losses": head_mode,
-                     "matching_costs": None}
