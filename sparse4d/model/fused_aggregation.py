@@ -16,8 +16,13 @@ serialises them. Here
     their programs run far longer than the rest; `PIXEL_BACKWARD = "chunks"` (the default since it
     measured faster inside the training step, benchmarks/README.md session 10) instead cuts the sorted
     entries into equal chunks: a run inside a chunk is stored by it, and a run that spans chunks is
-    summed part by part into per-chunk carry rows that a second pass adds in order. Both modes add
-    in a fixed order, so gradients repeat bit for bit.
+    summed part by part into per-chunk carry rows that a second pass adds in order (the chunks
+    zero-fill the gradient in the maps' dtype first). Both modes add in a fixed order, so gradients
+    repeat bit for bit.
+
+A query's points usually fall in one or two of the six cameras (projection sends the rest outside
+every map), so the forward and query-backward programs skip the levels of cameras that none of the
+query's points can touch (`_camera_seen`) instead of running masked loads there.
 
 The levels are first copied into one flat channels-last (B, N, H, W, C) buffer, so the kernels
 address every level from one pointer by offsets that depend only on shapes (`pack_feature_levels`,
