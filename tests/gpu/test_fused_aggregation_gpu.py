@@ -196,3 +196,19 @@ def test_chunked_pixel_backward_matches_reference(monkeypatch: pytest.MonkeyPatc
     assert (gp - r_gp).abs().max() <= 1e-4 * max(1.0, float(r_gp.abs().max()))
     for a, r in zip(gf, r_gf):
         assert (a - r).abs().max() <= 1e-4 * max(1.0, float(r.abs().max()))
+
+
+def test_cameras_without_points_are_skipped_exactly() -> None:
+    """Projected points fall in one or two cameras; the kernels skip the others' levels. Queries
+    that see camera 0 only (one point just off its edge, whose corners still reach in), or no camera
+    at all, must give the reference's outputs and gradients (zeros where nothing is sampled)."""
+    feats, points, weights = make_inputs(7)
+    points[:, 10:20, :, 1:] = 2.5  # cameras 1 and 2 unseen
+    points[:, 15, 0, 1] = torch.tensor([-0.01, 0.5], device="cuda")  # ...but one point of query 15 grazes camera 1
+    points[:, 20:25] = -1.0  # behind every camera, as project_points marks them
+    (out, gp, gw, gf), (r_out, r_gp, r_gw, r_gf) = run_both(feats, points, weights, grad_seed=7)
+    assert (out - r_out).abs().max() <= 1e-4 and out[:, 20:25].abs().max() == 0
+    assert (gw - r_gw).abs().max() <= 1e-4 and gw[:, 20:25].abs().max() == 0
+    assert (gp - r_gp).abs().max() <= 1e-4 * max(1.0, float(r_gp.abs().max()))
+    for a, r in zip(gf, r_gf):
+        assert (a - r).abs().max() <= 1e-4 * max(1.0, float(r.abs().max()))
