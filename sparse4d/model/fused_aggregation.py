@@ -321,6 +321,15 @@ if triton is not None:
         return tl.load(image + pix[:, None, None] + chan[None, :, :], mask=ok[:, None, None] & chan_mask[None, :, :], other=0.0).to(tl.float32)
 
     @triton.jit
+    def _corner_values(image, x0, y0, near, height, width, chan, chan_mask, GC: tl.constexpr):
+        """The four bilinear corners' values: top-left, top-right, bottom-left, bottom-right."""
+        v00 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 0, 0, GC)
+        v01 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 1, 0, GC)
+        v10 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 0, 1, GC)
+        v11 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 1, 1, GC)
+        return v00, v01, v10, v11
+
+    @triton.jit
     def _forward_kernel(
         feat_ptr, table_ptr, points_ptr, weights_ptr, out_ptr, Q, N, L,
         P: tl.constexpr, G: tl.constexpr, CG: tl.constexpr,
@@ -351,10 +360,7 @@ if triton is not None:
                     w_idx = (((bq * N + n) * L + lvl) * P + offs_p)[:, None] * G + offs_g[None, :]
                     wts = tl.load(weights_ptr + w_idx, mask=mask_p[:, None] & mask_g[None, :], other=0.0).to(tl.float32)
                     image = feat_ptr + offset + (b * N + n) * height * width * (G * CG)
-                    v00 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 0, 0, G * CG)
-                    v01 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 1, 0, G * CG)
-                    v10 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 0, 1, G * CG)
-                    v11 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 1, 1, G * CG)
+                    v00, v01, v10, v11 = _corner_values(image, x0, y0, near, height, width, chan, chan_mask, G * CG)
                     wx0 = (1.0 - fx)[:, None, None]
                     wx1 = fx[:, None, None]
                     sample = (1.0 - fy)[:, None, None] * (wx0 * v00 + wx1 * v01) + fy[:, None, None] * (wx0 * v10 + wx1 * v11)
@@ -411,10 +417,7 @@ if triton is not None:
                 if seen:
                     wts = tl.load(weights_ptr + w_idx, mask=w_mask, other=0.0).to(tl.float32)
                     image = feat_ptr + offset + image_pix * (G * CG)
-                    v00 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 0, 0, G * CG)
-                    v01 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 1, 0, G * CG)
-                    v10 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 0, 1, G * CG)
-                    v11 = _corner_value(image, x0, y0, near, height, width, chan, chan_mask, 1, 1, G * CG)
+                    v00, v01, v10, v11 = _corner_values(image, x0, y0, near, height, width, chan, chan_mask, G * CG)
                     wx0 = (1.0 - fx)[:, None, None]
                     wx1 = fx[:, None, None]
                     wy0 = (1.0 - fy)[:, None, None]
