@@ -11,15 +11,17 @@
 #   bash benchmarks/gpu_session.sh train [ARGS...]    # compiled training step, --profile --host-timeline,
 #                                                     # trace + what the host did in each GPU idle gap
 #   bash benchmarks/gpu_session.sh eager-ops          # eager ops between the regions (CPU-side count)
+#   bash benchmarks/gpu_session.sh ab ARGS...         # A/B on a warm machine: the compiled step without, then
+#                                                     # with ARGS (30 steps each, no profile); run it twice
 #
 # Needs python3 with torch (CUDA) and Triton; pydantic and jsonschema are installed from ./.wheels
 # when present (a machine without an index: `pip download -d .wheels ... pydantic jsonschema`).
 set -u
-stage="${1:?stage: tests | tests-train | kernel | train | eager-ops}"
+stage="${1:?stage: tests | tests-train | kernel | train | eager-ops | ab}"
 shift
 case "$stage" in
-    tests | tests-train | kernel | train | eager-ops) ;;
-    *) echo "unknown stage $stage (tests | tests-train | kernel | train | eager-ops)" >&2; exit 2 ;;
+    tests | tests-train | kernel | train | eager-ops | ab) ;;
+    *) echo "unknown stage $stage (tests | tests-train | kernel | train | eager-ops | ab)" >&2; exit 2 ;;
 esac
 out="${OUT:-$PWD/gpu_out}"
 mkdir -p "$out"
@@ -57,6 +59,11 @@ case "$stage" in
         ;;
     eager-ops)
         timeout 570 python3 benchmarks/eager_ops.py --json "$out/eager_ops.json" >"$out/eager_ops.log" 2>&1
+        ;;
+    ab)
+        common=(--steps 30 --warmup 5 --fused-adam --compile --compile-mode reduce-overhead --skip-backbone-only)
+        timeout 280 python3 benchmarks/train_throughput.py "${common[@]}" --json "$out/ab_base.json" >"$out/ab_base.log" 2>&1
+        timeout 280 python3 benchmarks/train_throughput.py "${common[@]}" "$@" --json "$out/ab_variant.json" >"$out/ab_variant.log" 2>&1
         ;;
 esac
 status=$?

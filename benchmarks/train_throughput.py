@@ -361,6 +361,9 @@ def main() -> int:
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     parser.add_argument("--fused-adam", action="store_true", help="one AdamW(fused=True) group instead of the trainer's optimizer (which is also fused on a GPU since session 10, with separate backbone and head lr groups)")
+    parser.add_argument("--graphed-optimizer", action="store_true",
+                        help="clip + fused AdamW (capturable, tensor lr) as one CUDA-graph replay (sparse4d.engine.graphed_step): "
+                             "autograd's gradients are copied into the graph's buffers with one multi-tensor copy, then released")
     parser.add_argument("--compile-backbone", action="store_true", help="torch.compile only the backbone+neck (in --compile-mode), also in the backbone-only step")
     parser.add_argument("--compile", action="store_true",
                         help="what train.compile does (sparse4d.engine.compile): backbone, neck, whole head, decoder losses; no time split")
@@ -405,12 +408,20 @@ def main() -> int:
     if not args.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_cfg = TrainConfig()
-    if args.fused_adam:
+    max_norm = float(train_cfg.optim.grad_clip.max_norm)
+    graphed_step = None
+    if args.graphed_optimizer:  # clip + AdamW replayed as one CUDA graph (tensor lr, capturable)
+        from sparse4d.engine.graphed_step import GraphedOptimizerStep
+
+        optim = train_cfg.optim
+        optimizer = torch.optim.AdamW(model.parameters(), lr=torch.tensor(float(optim.lr), device=device),
+                                      weight_decay=float(optim.weight_decay), fused=True, capturable=True)
+        graphed_step = GraphedOptimizerStep(optimizer, max_norm)
+    elif args.fused_adam:
         optim = train_cfg.optim
         optimizer = torch.optim.AdamW(model.parameters(), lr=float(optim.lr), weight_decay=float(optim.weight_decay), fused=True)
     else:
         optimizer = build_optimizer(model, train_cfg.optim)
-    max_norm = float(train_cfg.optim.grad_clip.max_norm)
     if args.compile:
         from sparse4d.engine.compile import compile_regions
 
@@ -459,10 +470,13 @@ def main() -> int:
             losses["loss"].backward()
         mark("backward_queued")
         with timeline.region("optimizer"):
-            if max_norm > 0:  # the parameters as the trainer's configure_gradient_clipping takes them
-                torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"] if p.grad is not None], max_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            if graphed_step is not None:
+                graphed_step.step()
+            else:
+                if max_norm > 0:  # the parameters as the trainer's configure_gradient_clipping takes them
+                    torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"] if p.grad is not None], max_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         mark("optimizer_queued")
 
     for step in range(args.warmup):  # compiled runs compile here (minutes): report progress
@@ -580,7 +594,7 @@ def main() -> int:
         "gpu": name, "torch": torch.__version__, "batch": args.batch, "cameras": CAMERAS, "input": f"{WIDTH}x{HEIGHT}",
         "precision": "fp32" if args.fp32 else "bf16-autocast", "channels_last": not args.no_channels_last,
         "features_channels_last": feats_channels_last, "aggregation": "fused-triton" if fused else "grid_sample",
-        "pixel_backward": fused_aggregation.PIXEL_BACKWARD, "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
+        "pixel_backward": fused_aggregation.PIXEL_BACKWARD, "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "graphed_optimizer": args.graphed_optimizer, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
         "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
         "images_per_s": round(args.batch * CAMERAS * 1000 / step_ms, 1),
         "step_tflop": round(step_flops / 1e12, 3),
