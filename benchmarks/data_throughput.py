@@ -1,6 +1,7 @@
 """Data-layer throughput on this machine: dataset_convert frames/s and DataLoader samples/s.
 
 Usage: PYTHONPATH=. python benchmarks/data_throughput.py [--cameras 4 --frames 60 --size 640x360 --workers 2]
+    [--depth-stride 4 [--depth-stride 1 ...]]   # one loader pass per stride (the trainer pools to 4 by default)
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader
 
 from sparse4d.config.convert import AICityConfig
@@ -27,6 +29,8 @@ def main() -> None:
     parser.add_argument("--size", default="640x360")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--depth-stride", type=int, action="append",
+                        help="depth targets pooled to this stride (repeat to compare; default: 4, as the trainer)")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -46,25 +50,29 @@ def main() -> None:
         augmentation = AugmentationConfig.model_validate({
             "resize_lim": [0.95, 1.1], "final_dim": [final_h, final_w], "bot_pct_lim": [0.0, 0.05],
             "rot_lim": [-5.4, 5.4], "image_size": [height, width], "rand_flip": True, "rot3d_range": [-0.39, 0.39]})
-        dataset = OVPKLDataset(summary.annotation_files, data_root=root / "train",
-                               classes=["person", "gr1_t2", "agility_digit", "nova_carter"], augmentation=augmentation,
-                               normalize=NormalizeConfig(), sequences_split_num=10)
-        sampler = StreamingBatchSampler(dataset.sequences, args.batch_size, world_size=1, rank=0)
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_sparse4d, num_workers=args.workers)
-        samples, started = 0, None
-        for step, batch in enumerate(loader):
-            if step == 1:  # exclude worker start-up
-                started = time.perf_counter()
-            elif step > 1:
-                samples += batch["img"].shape[0]
-        load_s = time.perf_counter() - started
+        rates = []  # (stride, samples/s, MB per batch) per pass
+        for stride in args.depth_stride or [4]:
+            dataset = OVPKLDataset(summary.annotation_files, data_root=root / "train",
+                                   classes=["person", "gr1_t2", "agility_digit", "nova_carter"], augmentation=augmentation,
+                                   normalize=NormalizeConfig(), sequences_split_num=10, depth_stride=stride)
+            sampler = StreamingBatchSampler(dataset.sequences, args.batch_size, world_size=1, rank=0)
+            loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_sparse4d, num_workers=args.workers)
+            samples, started, batch_mb = 0, None, 0.0
+            for step, batch in enumerate(loader):
+                if step == 1:  # exclude worker start-up
+                    started = time.perf_counter()
+                elif step > 1:
+                    samples += batch["img"].shape[0]
+                batch_mb = sum(v.nbytes for v in batch.values() if isinstance(v, torch.Tensor)) / 1e6
+            rates.append((stride, samples / (time.perf_counter() - started), batch_mb))
     frames = summary.frames
     print(f"scene: {args.cameras} cameras x {frames} frames at {width}x{height}; synth {synth_s:.2f} s "
           f"({frames / synth_s:.1f} frames/s)")
     print(f"dataset_convert: cold {frames / cold_s:.1f} frames/s ({frames * args.cameras / cold_s:.1f} camera-frames/s), "
           f"rerun with cached frames {frames / warm_s:.1f} frames/s")
-    print(f"dataloader: {samples / load_s:.1f} samples/s ({samples * args.cameras / load_s:.1f} images/s), "
-          f"batch {args.batch_size}, {args.workers} workers, input {final_w}x{final_h}")
+    for stride, rate, batch_mb in rates:
+        print(f"dataloader, depth stride {stride}: {rate:.1f} samples/s ({rate * args.cameras:.1f} images/s), "
+              f"{batch_mb:.1f} MB per batch, batch {args.batch_size}, {args.workers} workers, input {final_w}x{final_h}")
 
 
 if __name__ == "__main__":

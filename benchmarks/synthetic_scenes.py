@@ -233,8 +233,10 @@ def shared_memory_workers(requested: int, batch_bytes: int, prefetch: int = 2) -
 
 
 def batch_bytes(scenes: SceneSet, batch_size: int) -> int:
-    """Host bytes of one collated batch: float32 images (3 channels) and float32 depth targets."""
-    return batch_size * scenes.cameras * scenes.width * scenes.height * 4 * 4
+    """Host bytes of one collated batch: uint8 images (3 channels) and float32 depth targets pooled to
+    stride 4 (the default first FPN level, `sparse4d.data.depth_targets`)."""
+    depth_pixels = -(-scenes.width // 4) * -(-scenes.height // 4)
+    return batch_size * scenes.cameras * (scenes.width * scenes.height * 3 + depth_pixels * 4)
 
 
 def main() -> None:

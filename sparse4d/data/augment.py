@@ -73,10 +73,10 @@ def image_affine(params: AugParams, raw_wh: tuple[int, int], reference_width: fl
     return affine
 
 
-def warp_image(image: np.ndarray, affine: np.ndarray, final_hw: tuple[int, int], *, nearest: bool = False) -> np.ndarray:
+def warp_image(image: np.ndarray, affine: np.ndarray, final_hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear warp to final_hw (H, W), black outside the source (depth: `sparse4d.data.depth_targets`)."""
     final_h, final_w = final_hw
-    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-    return cv2.warpAffine(image, affine[:2], (final_w, final_h), flags=interpolation,
+    return cv2.warpAffine(image, affine[:2], (final_w, final_h), flags=cv2.INTER_LINEAR,
                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 

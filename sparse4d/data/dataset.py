@@ -2,7 +2,8 @@
 
 A sample is one frame of one camera group: images of all cameras (augmented uint8, with the mean/std
 the model normalises them with on its device), their
-projection matrices, depth targets from the H5 files and the ground truth. Scenes are cut into
+projection matrices, depth targets from the H5 files (warped with the image and pooled to
+`depth_stride`, `sparse4d.data.depth_targets`) and the ground truth. Scenes are cut into
 sequences here (`sequences`), because the first-frame flag and the per-sequence augmentation both
 depend on them; `sparse4d.data.sampler` streams those sequences into batches.
 
@@ -25,6 +26,7 @@ from torch.utils.data import Dataset
 
 from sparse4d.data.augment import (
     affine_to_projection, image_affine, rotate_boxes, rotation_about_z, sample_aug_params, warp_image)
+from sparse4d.data.depth_targets import depth_targets
 from sparse4d.data.safe_pickle import safe_load
 from sparse4d.errors import DataError, InputFileError, SpecError
 
@@ -116,7 +118,7 @@ class OVPKLDataset(Dataset):
     def __init__(self, ann_file: Path | str | Sequence[Path | str], *, data_root: Path | str, classes: Sequence[str],
                  augmentation: Any, normalize: Any, input_hw: tuple[int, int] | None = None, test_mode: bool = False,
                  use_valid_flag: bool = True, with_depth: bool = True, sequences_split_num: int | None = None,
-                 keep_consistent_aug: bool = True, seed: int = 0) -> None:
+                 keep_consistent_aug: bool = True, seed: int = 0, depth_stride: int = 1) -> None:
         self.files = annotation_files(ann_file)
         self.data_root = Path(data_root)
         self.classes = [str(name) for name in classes]
@@ -133,6 +135,7 @@ class OVPKLDataset(Dataset):
         self.test_mode = test_mode
         self.use_valid_flag = use_valid_flag
         self.with_depth = with_depth
+        self.depth_stride = max(int(depth_stride), 1)
         self.keep_consistent_aug = keep_consistent_aug
         self.seed = seed
         self.epoch = 0
@@ -147,6 +150,11 @@ class OVPKLDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.infos)
+
+    @property
+    def depth_hw(self) -> tuple[int, int]:
+        """(H, W) of the depth targets: the input size divided by `depth_stride`, rounded up."""
+        return tuple(-(-size // self.depth_stride) for size in self.input_hw)  # type: ignore[return-value]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -174,9 +182,9 @@ class OVPKLDataset(Dataset):
             raw_h, raw_w = raw_rgb.shape[:2]
             affine = image_affine(params, (raw_w, raw_h), self.reference_width, self.input_hw)
             images.append(warp_image(raw_rgb, affine, self.input_hw))
-            depth = self._read_depth(info["depth_refs"][camera], (raw_h, raw_w)) if self.with_depth else None
-            depths.append(warp_image(depth, affine, self.input_hw, nearest=True) if depth is not None
-                          else np.zeros(self.input_hw, dtype=np.float32))
+            depth_mm = self._read_depth(info["depth_refs"][camera], (raw_h, raw_w)) if self.with_depth else None
+            depths.append(depth_targets(depth_mm, affine, self.input_hw, self.depth_stride) if depth_mm is not None
+                          else np.zeros(self.depth_hw, dtype=np.float32))
             projection = (affine_to_projection(affine) @ info["camera_to_image"][camera] @ info["world_to_camera"][camera]
                           @ np.linalg.inv(world_rotation))
             projections.append(projection)
@@ -224,6 +232,7 @@ class OVPKLDataset(Dataset):
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # OpenCV decodes BGR; the model wants RGB
 
     def _read_depth(self, ref: tuple[str, str] | None, raw_hw: tuple[int, int]) -> np.ndarray | None:
+        """The camera's raw depth map, uint16 millimetres (0 = unknown), or None without one."""
         if ref is None:
             return None
         relative, key = ref
@@ -234,7 +243,7 @@ class OVPKLDataset(Dataset):
         if dataset.dtype != DEPTH_DTYPE:
             raise DataError(f"{self.data_root / relative}:{key} has dtype {dataset.dtype}, expected uint16 millimetres",
                             hint="depth maps must be uint16 mm as in AICity 2025")
-        depth = dataset[()].astype(np.float32) / 1000.0
+        depth = dataset[()]
         if depth.shape != raw_hw:
             raise DataError(f"{self.data_root / relative}:{key} is {depth.shape[1]}x{depth.shape[0]} but the image is "
                             f"{raw_hw[1]}x{raw_hw[0]}")

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from sparse4d.batch import check_targets
 from sparse4d.data.collate import collate_sparse4d
 from sparse4d.data.dataset import OVPKLDataset, SampleKey
+from sparse4d.data.depth_targets import first_level_stride
 from sparse4d.data.sampler import StreamingBatchSampler
 
 LOG = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ def input_hw(model_cfg: Any) -> tuple[int, int]:
 
 
 def build_dataset(dataset_cfg: Any, model_cfg: Any, split: str, *, seed: int = 0, ann_file: str | None = None) -> OVPKLDataset:
-    """`split` is train, val or test. Depth targets are read only for training with a depth loss."""
+    """`split` is train, val or test. Depth targets are read only for training with a depth loss, and
+    pooled to the first FPN level's stride (the depth branch's finest level; the same loss, fewer bytes)."""
     common = dict(data_root=dataset_cfg.data_root, classes=list(dataset_cfg.classes), augmentation=dataset_cfg.augmentation,
                   normalize=dataset_cfg.normalize, input_hw=input_hw(model_cfg), seed=seed)
     if split == "train":
@@ -43,6 +45,7 @@ def build_dataset(dataset_cfg: Any, model_cfg: Any, split: str, *, seed: int = 0
         return OVPKLDataset(
             ann_file or section.ann_file, test_mode=section.test_mode, use_valid_flag=section.use_valid_flag,
             with_depth=bool(dataset_cfg.use_h5_file_for_depth and model_cfg.depth_branch.loss_weight > 0),
+            depth_stride=first_level_stride(model_cfg.neck.start_level),
             sequences_split_num=split_num,
             keep_consistent_aug=_chosen(section, "keep_consistent_seq_aug", sequences.keep_consistent_aug), **common)
     section = dataset_cfg.val_dataset if split == "val" else dataset_cfg.test_dataset

@@ -59,6 +59,18 @@ def test_rgb_order_and_depth_in_metres(converted) -> None:
     assert 3.0 < float(sample["gt_depth"].max()) < 66.0
 
 
+def test_depth_targets_pooled_to_the_first_level_stride(converted) -> None:
+    ann_file, data_root = converted
+    full, pooled = _dataset(ann_file, data_root, test_mode=True), _dataset(ann_file, data_root, test_mode=True, depth_stride=4)
+    assert pooled.depth_hw == (32, 64)
+    depth = pooled[4]["gt_depth"]
+    assert depth.shape == (2, 32, 64) and depth.dtype == torch.float32
+    full_depth = full[4]["gt_depth"].numpy()  # 128x256: each 4x4 cell's closest known depth
+    cells = np.where(full_depth > 0, full_depth, np.inf).reshape(2, 32, 4, 64, 4).min(axis=(2, 4))
+    np.testing.assert_array_equal(depth.numpy(), np.where(np.isinf(cells), 0.0, cells))
+    assert float(depth.max()) > 3.0
+
+
 def test_augmented_projection_agrees_with_augmented_depth(converted) -> None:
     """Floor points projected with the augmented projection_mat hit pixels whose depth equals d."""
     ann_file, data_root = converted
@@ -149,3 +161,20 @@ def test_scene_rotation_moves_boxes_and_cameras_together(converted) -> None:
         rotated = np.c_[boxes[:, :3], np.ones(len(boxes))] @ sample["projection_mat"][camera].numpy().astype(np.float64).T
         original = np.c_[info["gt_boxes"][:, :3], np.ones(len(boxes))] @ info["world_to_image"][camera].T
         np.testing.assert_allclose(rotated[:, :2] / rotated[:, 2:3], original[:, :2] / original[:, 2:3], atol=0.05)
+
+
+def test_training_split_pools_depth_to_the_first_fpn_level(converted) -> None:
+    from sparse4d.config.dataset import DatasetConfig
+    from sparse4d.config.model import ModelConfig
+    from sparse4d.engine.data_module import build_dataset
+
+    ann_file, data_root = converted
+    dataset_cfg = DatasetConfig.model_validate({
+        "data_root": str(data_root), "classes": CLASSES, "augmentation": augmentation().model_dump(),
+        "train_dataset": {"ann_file": str(ann_file)}, "val_dataset": {"ann_file": str(ann_file)}})
+    for start_level, stride in ((0, 4), (1, 8)):
+        model_cfg = ModelConfig.model_validate({"input_shape": [256, 128], "neck": {"start_level": start_level}})
+        train = build_dataset(dataset_cfg, model_cfg, "train")
+        assert train.with_depth and train.depth_stride == stride
+        assert train[0]["gt_depth"].shape == (2, 128 // stride, 256 // stride)
+    assert not build_dataset(dataset_cfg, model_cfg, "val").with_depth
