@@ -46,6 +46,7 @@ import torch
 from sparse4d.config.dataset import NormalizeConfig
 from sparse4d.config.model import ModelConfig
 from sparse4d.config.train import TrainConfig
+from sparse4d.data.depth_targets import first_level_stride
 from sparse4d.engine.optim import build_optimizer
 from sparse4d.model import aggregation
 from sparse4d.model import fused_aggregation
@@ -100,8 +101,11 @@ def synthetic_batch(batch: int, num_gt: int, step: int, seed: int = 0, pin: bool
         boxes.append(b)
         labels.append(torch.randint(0, NUM_CLASSES, (num_gt,), generator=g))
         ids.append(torch.arange(num_gt) + 100)
-    depth = torch.rand(batch, CAMERAS, height, width, generator=g) * 30
-    depth = depth * (torch.rand(batch, CAMERAS, height, width, generator=g) > 0.7)
+    # depth targets as the trainer's dataset hands them over: pooled to the first FPN level's stride
+    stride = first_level_stride(ModelConfig().neck.start_level)
+    depth_hw = (-(-height // stride), -(-width // stride))
+    depth = torch.rand(batch, CAMERAS, *depth_hw, generator=g) * 30
+    depth = depth * (torch.rand(batch, CAMERAS, *depth_hw, generator=g) > 0.7)
     out = {
         # uint8 pixels and their normalisation, as the dataset hands them over (normalised on the GPU)
         "img": torch.randint(0, 256, (batch, CAMERAS, 3, height, width), dtype=torch.uint8, generator=g),
@@ -364,6 +368,8 @@ def main() -> int:
     parser.add_argument("--graphed-optimizer", action="store_true",
                         help="clip + fused AdamW (capturable, tensor lr) as one CUDA-graph replay (sparse4d.engine.graphed_step): "
                              "autograd's gradients are copied into the graph's buffers with one multi-tensor copy, then released")
+    parser.add_argument("--losses-without-graphs", action="store_true",
+                        help="with --compile: the decoder losses compiled without CUDA graphs (their kernels launched one by one)")
     parser.add_argument("--compile-backbone", action="store_true", help="torch.compile only the backbone+neck (in --compile-mode), also in the backbone-only step")
     parser.add_argument("--compile", action="store_true",
                         help="what train.compile does (sparse4d.engine.compile): backbone, neck, whole head, decoder losses; no time split")
@@ -433,7 +439,7 @@ def main() -> int:
             model.head.compile(backend="cudagraphs")
             model.match_in_forward = False
         else:
-            compile_regions(model, mode)
+            compile_regions(model, mode, graphed_losses=not args.losses_without_graphs)
     elif args.compile_backbone:  # in place, in --compile-mode (reduce-overhead: the backbone+neck step replays CUDA graphs too)
         mode = None if args.compile_mode == "default" else args.compile_mode
         model.backbone.compile(mode=mode)
@@ -594,7 +600,7 @@ def main() -> int:
         "gpu": name, "torch": torch.__version__, "batch": args.batch, "cameras": CAMERAS, "input": f"{WIDTH}x{HEIGHT}",
         "precision": "fp32" if args.fp32 else "bf16-autocast", "channels_last": not args.no_channels_last,
         "features_channels_last": feats_channels_last, "aggregation": "fused-triton" if fused else "grid_sample",
-        "pixel_backward": fused_aggregation.PIXEL_BACKWARD, "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "graphed_optimizer": args.graphed_optimizer, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
+        "pixel_backward": fused_aggregation.PIXEL_BACKWARD, "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "graphed_optimizer": args.graphed_optimizer, "losses_without_graphs": args.losses_without_graphs, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
         "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
         "images_per_s": round(args.batch * CAMERAS * 1000 / step_ms, 1),
         "step_tflop": round(step_flops / 1e12, 3),

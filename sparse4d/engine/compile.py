@@ -26,14 +26,17 @@ from torch import nn
 LOG = logging.getLogger(__name__)
 
 
-def compile_regions(model: nn.Module, mode: str | None = None, backbone: bool = True, backend: str = "inductor") -> int:
+def compile_regions(model: nn.Module, mode: str | None = None, backbone: bool = True, backend: str = "inductor",
+                    graphed_losses: bool = True) -> int:
     """Compile a `Sparse4D`'s image encoding (`encode_images`: backbone, neck, feature packing, depth
     loss; only the packing when `backbone` is False), its decoder layer, the decoder losses and the
     matching costs; returns how many functions were wrapped. Shapes
     are static per config (denoising pads to a fixed query count only when every sample has max_dn_gt
     boxes, so a few shape variants may compile). `mode` is torch.compile's (None: default;
     "reduce-overhead" also replays each region from CUDA graphs); `backend` another torch.compile
-    backend (benchmarks/eager_ops.py uses "aot_eager" to see which work stays outside the regions)."""
+    backend (benchmarks/eager_ops.py uses "aot_eager" to see which work stays outside the regions).
+    `graphed_losses=False` compiles the losses without CUDA graphs (an A/B of
+    benchmarks/train_throughput.py: their kernels' launches against two graph replays' host checks)."""
     no_graphs = {} if backend == "inductor" else {"backend": backend}
     options = {"mode": mode} if backend == "inductor" else no_graphs
     head = model.head
@@ -42,7 +45,7 @@ def compile_regions(model: nn.Module, mode: str | None = None, backbone: bool = 
     else:
         head.prepare_levels = torch.compile(head.prepare_levels, **options)
     head.decoder_layer = torch.compile(head.decoder_layer, **options)
-    model.decoder_losses = torch.compile(model.decoder_losses, **options)
+    model.decoder_losses = torch.compile(model.decoder_losses, **(options if graphed_losses else no_graphs))
     # no CUDA graph for the matching costs: its output goes straight to the host, and one fused kernel
     # launch costs the host less than a graph replay's checks and copies
     model.matching_costs = torch.compile(model.matching_costs, **no_graphs)

@@ -241,3 +241,23 @@ def test_compiled_regions_train_like_the_eager_model(tmp_path: Path) -> None:
     assert counters["stats"]["unique_graphs"] >= 4  # the regions did run compiled
     assert not counters["graph_break"]
     dynamo.reset()
+
+
+def test_only_the_losses_can_leave_cuda_graphs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`graphed_losses=False` (a benchmark A/B) compiles the losses without mode="reduce-overhead";
+    every other graphed region keeps it, and the matching costs never replay from a graph."""
+    from sparse4d.engine import compile as compile_module
+
+    model = small_model(tmp_path)
+    for graphed_losses in (True, False):
+        calls: dict[str, dict] = {}
+
+        def record(fn, **kwargs):
+            calls[fn.__name__] = kwargs
+            return fn
+
+        monkeypatch.setattr(compile_module.torch, "compile", record)
+        compile_module.compile_regions(model, mode="reduce-overhead", graphed_losses=graphed_losses)
+        assert calls["encode_images"] == calls["decoder_layer"] == {"mode": "reduce-overhead"}
+        assert calls["decoder_losses"] == ({"mode": "reduce-overhead"} if graphed_losses else {})
+        assert calls["matching_costs"] == {}
