@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--depth-stride", type=int, action="append",
                         help="depth targets pooled to this stride (repeat to compare; default: 4, as the trainer)")
+    parser.add_argument("--eval", action="store_true", help="also time the evaluation loader (no augmentation, no depth)")
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,11 +66,27 @@ def main() -> None:
                     samples += batch["img"].shape[0]
                 batch_mb = sum(v.nbytes for v in batch.values() if isinstance(v, torch.Tensor)) / 1e6
             rates.append((stride, samples / (time.perf_counter() - started), batch_mb))
+        if args.eval:  # the evaluation loader: no augmentation, no depth targets (build_dataset's val/test)
+            dataset = OVPKLDataset(summary.annotation_files, data_root=root / "train",
+                                   classes=["person", "gr1_t2", "agility_digit", "nova_carter"], augmentation=augmentation,
+                                   normalize=NormalizeConfig(), test_mode=True, with_depth=False)
+            sampler = StreamingBatchSampler(dataset.sequences, args.batch_size, world_size=1, rank=0)
+            loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_sparse4d, num_workers=args.workers)
+            samples, started = 0, None
+            for step, batch in enumerate(loader):
+                if step == 1:
+                    started = time.perf_counter()
+                elif step > 1:
+                    samples += batch["img"].shape[0]
+                batch_mb = sum(v.nbytes for v in batch.values() if isinstance(v, torch.Tensor)) / 1e6
+            eval_rate = (samples / (time.perf_counter() - started), batch_mb)
     frames = summary.frames
     print(f"scene: {args.cameras} cameras x {frames} frames at {width}x{height}; synth {synth_s:.2f} s "
           f"({frames / synth_s:.1f} frames/s)")
     print(f"dataset_convert: cold {frames / cold_s:.1f} frames/s ({frames * args.cameras / cold_s:.1f} camera-frames/s), "
           f"rerun with cached frames {frames / warm_s:.1f} frames/s")
+    if args.eval:
+        print(f"evaluation dataloader: {eval_rate[0]:.1f} samples/s, {eval_rate[1]:.1f} MB per batch")
     for stride, rate, batch_mb in rates:
         print(f"dataloader, depth stride {stride}: {rate:.1f} samples/s ({rate * args.cameras:.1f} images/s), "
               f"{batch_mb:.1f} MB per batch, batch {args.batch_size}, {args.workers} workers, input {final_w}x{final_h}")

@@ -22,7 +22,8 @@ Keys of one collated batch (B sequences x N cameras, images at the model input s
   is the heading angle about +z measured from +x.
 - ``gt_labels_3d``: list of B int64 tensors (M_b,), indices into ``dataset.classes``.
 - ``instance_ids``: list of B int64 tensors (M_b,), track ids unique within a scene.
-- ``gt_depth``: float32 (B, N, H', W'), metres along the optical axis, 0 where unknown; at the input
+- ``gt_depth`` (only when training with a depth loss; the depth loss needs it, nothing else reads it):
+  float32 (B, N, H', W'), metres along the optical axis, 0 where unknown; at the input
   size or pooled by an integer stride (the trainer's dataset pools it to the first FPN level's stride,
   `sparse4d.data.depth_targets`): the depth loss pools it to each predicted level the same way.
 - ``sample_token``: list of B str, unique per frame (``<scene>/<group>/<frame:06d>``).

@@ -182,15 +182,16 @@ class OVPKLDataset(Dataset):
             raw_h, raw_w = raw_rgb.shape[:2]
             affine = image_affine(params, (raw_w, raw_h), self.reference_width, self.input_hw)
             images.append(warp_image(raw_rgb, affine, self.input_hw))
-            depth_mm = self._read_depth(info["depth_refs"][camera], (raw_h, raw_w)) if self.with_depth else None
-            depths.append(depth_targets(depth_mm, affine, self.input_hw, self.depth_stride) if depth_mm is not None
-                          else np.zeros(self.depth_hw, dtype=np.float32))
+            if self.with_depth:  # a camera without a depth map: unknown everywhere
+                depth_mm = self._read_depth(info["depth_refs"][camera], (raw_h, raw_w))
+                depths.append(depth_targets(depth_mm, affine, self.input_hw, self.depth_stride) if depth_mm is not None
+                              else np.zeros(self.depth_hw, dtype=np.float32))
             projection = (affine_to_projection(affine) @ info["camera_to_image"][camera] @ info["world_to_camera"][camera]
                           @ np.linalg.inv(world_rotation))
             projections.append(projection)
         boxes, labels, ids = self._ground_truth(info, params.rotate3d_rad)
         height, width = self.input_hw
-        return {
+        sample = {
             "img": torch.from_numpy(self._model_channels(np.stack(images))),
             "img_mean": torch.from_numpy(self.mean.copy()),
             "img_std": torch.from_numpy(self.std.copy()),
@@ -201,10 +202,12 @@ class OVPKLDataset(Dataset):
             "gt_bboxes_3d": torch.from_numpy(boxes),
             "gt_labels_3d": torch.from_numpy(labels),
             "instance_ids": torch.from_numpy(ids),
-            "gt_depth": torch.from_numpy(np.stack(depths).astype(np.float32)),
             "sample_token": str(info["token"]),
             "scene": str(info["scene"]),
         }
+        if self.with_depth:  # only training with a depth loss reads them (evaluation would carry zeros)
+            sample["gt_depth"] = torch.from_numpy(np.stack(depths))
+        return sample
 
     def _ground_truth(self, info: dict, rotate3d: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if not info.get("has_gt"):

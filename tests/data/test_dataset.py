@@ -142,6 +142,11 @@ def test_collate_builds_the_batch_contract(converted) -> None:
     assert batch["projection_mat"].shape == (2, 2, 4, 4)
     assert batch["image_wh"][0, 0].tolist() == [256.0, 128.0]
     assert batch["gt_depth"].shape == (2, 2, 128, 256)
+    no_depth = _dataset(ann_file, data_root, sequences_split_num=10, with_depth=False)
+    assert "gt_depth" not in no_depth[0]  # evaluation: no depth loss, so no zero maps to move around
+    assert "gt_depth" not in collate_sparse4d([no_depth[0], no_depth[11]])
+    with pytest.raises(DataError, match="1 of 2 samples of one batch have 'gt_depth'"):
+        collate_sparse4d([dataset[0], no_depth[11]])
     assert batch["timestamp"].dtype == torch.float64 and batch["timestamp"].tolist() == pytest.approx([0.0, 11 / 30])
     assert batch["first_frame"].tolist() == [True, False]
     assert batch["gt_bboxes_3d"][0].shape[1] == 10 and batch["gt_labels_3d"][0].dtype == torch.int64
