@@ -7,11 +7,13 @@ absolute epoch numbers (resumed runs included), see sparse4d/engine/callbacks.py
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
+from sparse4d.engine.loss_log import DeferredLossLog
 from sparse4d.engine.optim import build_optimizer, build_scheduler
 
 NORM_TYPES = {"L2": 2.0, "L1": 1.0, "inf": float("inf")}
@@ -21,9 +23,11 @@ LOSS_GROUPS = ("cls", "box", "cns", "yns", "depth")
 
 
 class Sparse4DLightning(pl.LightningModule):
-    """Training steps never wait on the GPU: losses stay device tensors, and divergence (a non-finite
-    loss) is accumulated on the device and checked every `finite_check_interval` steps, at epoch end
-    and before any checkpoint is written (a NaN run stops before it can save NaN weights)."""
+    """Training steps never wait on the GPU: each step's losses stay device tensors
+    (`DeferredLossLog`) and are read back together every `finite_check_interval` steps, at epoch end
+    and before any checkpoint is written. Then every step is written to the loggers under its own step
+    number, and a non-finite loss stops the run, naming its batch (a NaN run stops before it can save
+    NaN weights)."""
 
     def __init__(self, model: torch.nn.Module, optim: Any, total_steps: int, finite_check_interval: int = 20,
                  cuda_graph_steps: bool = False) -> None:
@@ -36,8 +40,8 @@ class Sparse4DLightning(pl.LightningModule):
         self.total_steps = int(total_steps)
         self.finite_check_interval = max(int(finite_check_interval), 1)
         self._recent_losses: dict[str, torch.Tensor] = {}
-        self._nonfinite: torch.Tensor | None = None
-        self._nonfinite_since = -1
+        self._loss_log = DeferredLossLog()
+        self._steps_done = 0  # training steps of this process: the loggers' step numbers
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         return self.model(batch)
@@ -48,35 +52,39 @@ class Sparse4DLightning(pl.LightningModule):
         out = self.model(batch)
         losses = self.model.loss(out, batch)
         total = losses["loss"]
-        batch_size = int(batch["img"].shape[0])
         summary = {"loss": total.detach()}
         for group in LOSS_GROUPS:
             parts = [v.detach() for k, v in losses.items() if k.startswith(f"loss_{group}")]
             if parts:
                 summary[f"loss_{group}"] = torch.stack(parts).sum()
         self._recent_losses = summary
-        bad = ~torch.isfinite(summary["loss"])
-        if self._nonfinite is None:
-            self._nonfinite, self._nonfinite_since = bad, batch_idx
-        else:
-            self._nonfinite = self._nonfinite | bad
-        self.log("train_loss", summary["loss"], prog_bar=True, batch_size=batch_size)
-        self.log_dict({f"train_{k}": v for k, v in summary.items() if k != "loss"}, batch_size=batch_size)
+        self._loss_log.add(self._steps_done, batch_idx, summary)
+        self._steps_done += 1
         if (batch_idx + 1) % self.finite_check_interval == 0:
-            self.check_finite(batch_idx)
+            latest = self.check_finite()
+            if latest is not None and self._trainer is not None:
+                # the progress bar's loss as of this read-back, as a host tensor: a float would become a GPU
+                # tensor whose value the bar reads at every refresh (a sync per step)
+                self.log("train_loss", torch.tensor(latest), prog_bar=True, logger=False, batch_size=int(batch["img"].shape[0]))
         return total
 
-    def check_finite(self, batch_idx: int | None = None) -> None:
-        """Raise if any loss since the last check was not finite (one host sync)."""
-        flag, since = self._nonfinite, self._nonfinite_since
-        self._nonfinite = None
-        if flag is None or not bool(flag):
-            return
-        from sparse4d.errors import Sparse4DError
+    def check_finite(self) -> float | None:
+        """Write the pending steps' losses to the loggers (one host sync for all of them) and raise,
+        naming the first diverged batch, if any step's loss was not finite; returns the latest loss
+        (None when nothing was pending)."""
+        rows = self._loss_log.flush()
+        for logger in self.loggers:
+            for row in rows:
+                logger.log_metrics({("train_loss" if name == "loss" else f"train_{name}"): value for name, value in row.values.items()},
+                                   step=row.step)
+        bad = next((row for row in rows if not math.isfinite(row.values["loss"])), None)
+        if bad is not None:
+            from sparse4d.errors import Sparse4DError
 
-        where = f"between batch {since} and {batch_idx}" if batch_idx is not None and batch_idx != since else f"at batch {since}"
-        raise Sparse4DError(f"training diverged: the loss became NaN or infinite {where}",
-                            hint="lower train.optim.lr, keep train.optim.grad_clip.max_norm > 0, or use precision fp32")
+            raise Sparse4DError(f"training diverged: the loss became NaN or infinite at batch {bad.batch_idx} of the epoch "
+                                f"(step {bad.step} of this run)",
+                                hint="lower train.optim.lr, keep train.optim.grad_clip.max_norm > 0, or use precision fp32")
+        return rows[-1].values["loss"] if rows else None
 
     @property
     def last_losses(self) -> dict[str, float]:

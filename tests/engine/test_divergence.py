@@ -57,7 +57,7 @@ def fit(module: Sparse4DLightning, data: list[dict[str, Any]]) -> pl.Trainer:
 def test_nan_loss_stops_training_at_the_next_check() -> None:
     model = ScriptedModel(nan_from=5)
     module = Sparse4DLightning(model, optim_config(), total_steps=40, finite_check_interval=4)
-    with pytest.raises(Sparse4DError, match="diverged.*between batch 4 and 7"):
+    with pytest.raises(Sparse4DError, match=r"diverged.*at batch 5 of the epoch \(step 5 of this run\)"):
         fit(module, batches(40))
     assert model.calls == 8  # batches 0..7: the NaN of batch 5 is seen at the check after batch 7
 
@@ -75,3 +75,63 @@ def test_labels_are_checked_on_the_host_before_transfer() -> None:
     assert data.on_before_batch_transfer(good, 0) is good
     with pytest.raises(DataError, match=r"outside \[0, 3\)"):
         data.on_before_batch_transfer(batches(1, label=3)[0], 0)
+
+
+class RecordingLogger(pl.loggers.Logger):
+    """Keeps what the module writes (step, metrics)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[int, dict[str, float]]] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.rows.append((int(step), dict(metrics)))
+
+
+def test_every_step_is_logged_from_one_read_back_per_window() -> None:
+    """Between checks the losses stay pending on the device (on a GPU each read is a wait for the whole
+    queue); at each check every pending step reaches the logger under its own step number, with one
+    read-back for all of them, and the progress bar gets a host tensor (which it reads every step)."""
+    model = ScriptedModel(nan_from=10**9)
+    module = Sparse4DLightning(model, optim_config(), total_steps=10, finite_check_interval=4)
+    logger = RecordingLogger()
+    after_batch: list[tuple[int, int]] = []
+
+    class Watch(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            after_batch.append((len(pl_module._loss_log), len(logger.rows)))
+
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, log_every_n_steps=1, callbacks=[Watch()])
+    reads: list[int] = []
+    flatten = torch.Tensor.tolist
+
+    def counted_tolist(self, *args, **kwargs):
+        reads.append(self.numel())
+        return flatten(self, *args, **kwargs)
+
+    torch.Tensor.tolist = counted_tolist
+    try:
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches(10), batch_size=None))
+    finally:
+        torch.Tensor.tolist = flatten
+    assert after_batch == [(1, 0), (2, 0), (3, 0), (0, 4), (1, 4), (2, 4), (3, 4), (0, 8), (1, 8), (2, 8)]
+    assert reads == [8, 8]  # two windows of 4 steps x 2 values, one read each
+    pending = trainer.callback_metrics["train_loss"]
+    assert pending.device.type == "cpu" and float(pending) == pytest.approx(logger.rows[7][1]["train_loss"])
+    module.check_finite()  # what the trainer's epoch end does: the last two steps
+    assert [step for step, _ in logger.rows] == list(range(10))  # Lightning itself logged nothing per step
+    assert all(set(metrics) == {"train_loss", "train_loss_cls"} for _, metrics in logger.rows)
+    assert [metrics["train_loss"] for _, metrics in logger.rows] == pytest.approx(
+        [metrics["train_loss_cls"] for _, metrics in logger.rows])  # the scripted model's only loss term
