@@ -101,10 +101,13 @@ def run_one(devices: int, steps: int, warmup: int, batch: int, out_path: str, fi
 
     clock = Clock()
     from pytorch_lightning.strategies import DDPStrategy
+
+    from sparse4d.engine.scheduled_gc import ScheduledGarbageCollection
     strategy = DDPStrategy(find_unused_parameters=find_unused) if devices > 1 else "auto"  # as sparse4d/engine/train.py
     trainer = pl.Trainer(accelerator="gpu", devices=devices, strategy=strategy, precision="bf16-mixed",
                          max_steps=steps + warmup, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[clock], gradient_clip_val=None, use_distributed_sampler=True)
+                         enable_model_summary=False, callbacks=[clock, ScheduledGarbageCollection()],  # as sparse4d/engine/train.py
+                         gradient_clip_val=None, use_distributed_sampler=True)
     trainer.fit(module, loader)
     if trainer.global_rank == 0:
         seconds = clock.end - clock.start

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import json
 import math
 import statistics
@@ -370,6 +371,9 @@ def main() -> int:
     parser.add_argument("--graphed-optimizer", action="store_true",
                         help="clip + fused AdamW (capturable, tensor lr) as one CUDA-graph replay (sparse4d.engine.graphed_step): "
                              "autograd's gradients are copied into the graph's buffers with one multi-tensor copy, then released")
+    parser.add_argument("--auto-gc", action="store_true",
+                        help="keep Python's automatic garbage collection on (before session 12; the trainer now pauses it and "
+                             "collects the young generation every 50 steps)")
     parser.add_argument("--losses-without-graphs", action="store_true",
                         help="with --compile: the decoder losses compiled without CUDA graphs (their kernels launched one by one)")
     parser.add_argument("--compile-backbone", action="store_true", help="torch.compile only the backbone+neck (in --compile-mode), also in the backbone-only step")
@@ -486,12 +490,17 @@ def main() -> int:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         mark("optimizer_queued")
+        if not args.auto_gc and step % 50 == 49:  # as the trainer (sparse4d/engine/scheduled_gc.py)
+            gc.collect(1)
 
     for step in range(args.warmup):  # compiled runs compile here (minutes): report progress
         begin = time.perf_counter()
         train_step(step)
         torch.cuda.synchronize()
         print(f"warm-up step {step}: {time.perf_counter() - begin:.1f} s", file=sys.stderr, flush=True)
+    if not args.auto_gc:  # the trainer pauses the automatic collector while it trains
+        gc.collect()
+        gc.disable()
     from sparse4d.engine.compile import eager_regions
 
     with torch.no_grad(), eager_regions():  # a probe of another shape must not recompile the regions
@@ -612,7 +621,7 @@ def main() -> int:
         "gpu": name, "torch": torch.__version__, "batch": args.batch, "cameras": CAMERAS, "input": f"{WIDTH}x{HEIGHT}",
         "precision": "fp32" if args.fp32 else "bf16-autocast", "channels_last": not args.no_channels_last,
         "features_channels_last": feats_channels_last, "aggregation": "fused-triton" if fused else "grid_sample",
-        "pixel_backward": fused_aggregation.PIXEL_BACKWARD, "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "graphed_optimizer": args.graphed_optimizer, "losses_without_graphs": args.losses_without_graphs, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
+        "pixel_backward": fused_aggregation.PIXEL_BACKWARD, "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "graphed_optimizer": args.graphed_optimizer, "losses_without_graphs": args.losses_without_graphs, "auto_gc": args.auto_gc, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
         "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
         "images_per_s": round(args.batch * CAMERAS * 1000 / step_ms, 1),
         "step_tflop": round(step_flops / 1e12, 3),

@@ -27,6 +27,7 @@ from sparse4d.engine.devices import is_oom, oom_error, resolve_devices
 from sparse4d.engine.lightning_module import Sparse4DLightning
 from sparse4d.engine.predictions import Annotations, add_first
 from sparse4d.engine.pretrained import load_pretrained
+from sparse4d.engine.scheduled_gc import ScheduledGarbageCollection
 from sparse4d.errors import DataError, Sparse4DError
 from sparse4d.jobs.fileio import remove_dead_temporaries
 from sparse4d.jobs.status_file import FAILURE, STARTED, SUCCESS, StatusWriter, status_file_for
@@ -155,7 +156,7 @@ def _train(spec: Any, results_dir: Path, status: StatusWriter) -> dict[str, floa
     trainer = pl.Trainer(
         accelerator=devices.accelerator, devices=devices.devices, num_nodes=devices.num_nodes, strategy=strategy,
         precision=devices.precision, max_epochs=t.num_epochs - resume.epoch, logger=pl.loggers.CSVLogger(str(results_dir), name="logs"),
-        callbacks=[lifecycle], enable_checkpointing=False, enable_progress_bar=sys.stderr.isatty(), num_sanity_val_steps=0,
+        callbacks=[lifecycle, ScheduledGarbageCollection()], enable_checkpointing=False, enable_progress_bar=sys.stderr.isatty(), num_sanity_val_steps=0,
         limit_val_batches=0, sync_batchnorm=devices.distributed, deterministic=False, enable_model_summary=False,
         log_every_n_steps=1, use_distributed_sampler=False,
         # a mid-epoch resume shortens only its first epoch's loader: build it again for the next epochs
