@@ -18,13 +18,21 @@ def _fit(model: ScriptedModel, steps: int, interval: int) -> tuple[list[bool], l
     enabled_in_steps: list[bool] = []
     collections: list[int] = []
 
+    training = [False]
+
     def count(phase: str, info: dict) -> None:
-        if phase == "start":
+        if phase == "start" and training[0]:
             collections.append(info["generation"])
 
-    class Watch(pl.Callback):
+    class Watch(pl.Callback):  # runs before the scheduler's hooks (callbacks run in list order)
+        def on_train_start(self, trainer, pl_module) -> None:
+            training[0] = True
+
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             enabled_in_steps.append(gc.isenabled())
+
+        def on_train_end(self, trainer, pl_module) -> None:
+            training[0] = False
 
     module = Sparse4DLightning(model, optim_config(), total_steps=steps, finite_check_interval=4)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
