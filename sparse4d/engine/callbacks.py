@@ -117,6 +117,13 @@ class TrainingLifecycle(pl.Callback):
             done_in_epoch = batch_idx + 1 + (self.s.resume.batches_in_epoch if trainer.current_epoch == 0 else 0)
             self.save(trainer, pl_module, epoch=self.epoch_index(trainer), batches_in_epoch=done_in_epoch)
 
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """A failed run still logs the losses of the steps it trained since the last read-back."""
+        try:
+            pl_module.log_pending_losses()
+        except Exception as error:  # e.g. after a CUDA error the values cannot be read back
+            LOG.warning("the losses of the last steps before the failure could not be logged: %s", error)
+
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pl_module.check_finite()
         completed = self.epoch_index(trainer) + 1

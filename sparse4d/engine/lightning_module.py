@@ -13,7 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from sparse4d.engine.loss_log import DeferredLossLog
+from sparse4d.engine.loss_log import DeferredLossLog, StepLosses
 from sparse4d.engine.optim import build_optimizer, build_scheduler
 
 NORM_TYPES = {"L2": 2.0, "L1": 1.0, "inf": float("inf")}
@@ -72,11 +72,7 @@ class Sparse4DLightning(pl.LightningModule):
         """Write the pending steps' losses to the loggers (one host sync for all of them) and raise,
         naming the first diverged batch, if any step's loss was not finite; returns the latest loss
         (None when nothing was pending)."""
-        rows = self._loss_log.flush()
-        for logger in self.loggers:
-            for row in rows:
-                logger.log_metrics({("train_loss" if name == "loss" else f"train_{name}"): value for name, value in row.values.items()},
-                                   step=row.step)
+        rows = self.log_pending_losses()
         bad = next((row for row in rows if not math.isfinite(row.values["loss"])), None)
         if bad is not None:
             from sparse4d.errors import Sparse4DError
@@ -85,6 +81,15 @@ class Sparse4DLightning(pl.LightningModule):
                                 f"(step {bad.step} of this run)",
                                 hint="lower train.optim.lr, keep train.optim.grad_clip.max_norm > 0, or use precision fp32")
         return rows[-1].values["loss"] if rows else None
+
+    def log_pending_losses(self) -> list[StepLosses]:
+        """Read the pending steps' losses back (one host sync) and write them to the loggers."""
+        rows = self._loss_log.flush()
+        for logger in self.loggers:
+            for row in rows:
+                logger.log_metrics({("train_loss" if name == "loss" else f"train_{name}"): value for name, value in row.values.items()},
+                                   step=row.step)
+        return rows
 
     @property
     def last_losses(self) -> dict[str, float]:

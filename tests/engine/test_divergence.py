@@ -135,3 +135,34 @@ def test_every_step_is_logged_from_one_read_back_per_window() -> None:
     assert all(set(metrics) == {"train_loss", "train_loss_cls"} for _, metrics in logger.rows)
     assert [metrics["train_loss"] for _, metrics in logger.rows] == pytest.approx(
         [metrics["train_loss_cls"] for _, metrics in logger.rows])  # the scripted model's only loss term
+
+
+class FailingModel(ScriptedModel):
+    """Raises (as an out-of-memory would) in the forward of batch `fail_at`."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__(nan_from=10**9)
+        self.fail_at = fail_at
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.calls == self.fail_at:
+            raise RuntimeError("simulated failure")
+        return super().forward(batch)
+
+    def reset_temporal_state(self) -> None:  # called by the lifecycle at each epoch start
+        pass
+
+
+def test_a_failed_run_still_logs_the_steps_since_the_last_read_back(tmp_path) -> None:
+    from sparse4d.engine.callbacks import LifecycleSettings, TrainingLifecycle
+
+    settings = LifecycleSettings(results_dir=tmp_path, num_epochs=1, checkpoint_interval=100, checkpoint_unit="epoch",
+                                 validation_interval=1, seed=0, spec={}, classes=["a", "b", "c"])
+    module = Sparse4DLightning(FailingModel(fail_at=6), optim_config(), total_steps=10, finite_check_interval=4)
+    logger = RecordingLogger()
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[TrainingLifecycle(settings, None, None)])
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches(10), batch_size=None))
+    # steps 0-3 were read back after batch 3; 4 and 5 were pending when batch 6 failed
+    assert [step for step, metrics in logger.rows if "train_loss" in metrics] == [0, 1, 2, 3, 4, 5]
