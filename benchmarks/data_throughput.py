@@ -22,6 +22,20 @@ from sparse4d.data.sampler import StreamingBatchSampler
 from sparse4d.data.synth import make_synthetic_dataset
 
 
+def loader_rate(dataset: OVPKLDataset, batch_size: int, workers: int) -> tuple[float, float]:
+    """(samples/s after the first batch, which includes the workers' start-up; MB of one batch's tensors)."""
+    sampler = StreamingBatchSampler(dataset.sequences, batch_size, world_size=1, rank=0)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_sparse4d, num_workers=workers)
+    samples, started, batch_mb = 0, 0.0, 0.0
+    for step, batch in enumerate(loader):
+        if step == 1:
+            started = time.perf_counter()
+        elif step > 1:
+            samples += batch["img"].shape[0]
+        batch_mb = sum(v.nbytes for v in batch.values() if isinstance(v, torch.Tensor)) / 1e6
+    return samples / (time.perf_counter() - started), batch_mb
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cameras", type=int, default=4)
@@ -51,35 +65,15 @@ def main() -> None:
         augmentation = AugmentationConfig.model_validate({
             "resize_lim": [0.95, 1.1], "final_dim": [final_h, final_w], "bot_pct_lim": [0.0, 0.05],
             "rot_lim": [-5.4, 5.4], "image_size": [height, width], "rand_flip": True, "rot3d_range": [-0.39, 0.39]})
-        rates = []  # (stride, samples/s, MB per batch) per pass
-        for stride in args.depth_stride or [4]:
-            dataset = OVPKLDataset(summary.annotation_files, data_root=root / "train",
-                                   classes=["person", "gr1_t2", "agility_digit", "nova_carter"], augmentation=augmentation,
-                                   normalize=NormalizeConfig(), sequences_split_num=10, depth_stride=stride)
-            sampler = StreamingBatchSampler(dataset.sequences, args.batch_size, world_size=1, rank=0)
-            loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_sparse4d, num_workers=args.workers)
-            samples, started, batch_mb = 0, None, 0.0
-            for step, batch in enumerate(loader):
-                if step == 1:  # exclude worker start-up
-                    started = time.perf_counter()
-                elif step > 1:
-                    samples += batch["img"].shape[0]
-                batch_mb = sum(v.nbytes for v in batch.values() if isinstance(v, torch.Tensor)) / 1e6
-            rates.append((stride, samples / (time.perf_counter() - started), batch_mb))
+        def dataset(**options) -> OVPKLDataset:
+            return OVPKLDataset(summary.annotation_files, data_root=root / "train",
+                                classes=["person", "gr1_t2", "agility_digit", "nova_carter"], augmentation=augmentation,
+                                normalize=NormalizeConfig(), **options)
+
+        rates = [(stride, *loader_rate(dataset(sequences_split_num=10, depth_stride=stride), args.batch_size, args.workers))
+                 for stride in args.depth_stride or [4]]  # (stride, samples/s, MB per batch) per pass
         if args.eval:  # the evaluation loader: no augmentation, no depth targets (build_dataset's val/test)
-            dataset = OVPKLDataset(summary.annotation_files, data_root=root / "train",
-                                   classes=["person", "gr1_t2", "agility_digit", "nova_carter"], augmentation=augmentation,
-                                   normalize=NormalizeConfig(), test_mode=True, with_depth=False)
-            sampler = StreamingBatchSampler(dataset.sequences, args.batch_size, world_size=1, rank=0)
-            loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_sparse4d, num_workers=args.workers)
-            samples, started = 0, None
-            for step, batch in enumerate(loader):
-                if step == 1:
-                    started = time.perf_counter()
-                elif step > 1:
-                    samples += batch["img"].shape[0]
-                batch_mb = sum(v.nbytes for v in batch.values() if isinstance(v, torch.Tensor)) / 1e6
-            eval_rate = (samples / (time.perf_counter() - started), batch_mb)
+            eval_rate = loader_rate(dataset(test_mode=True, with_depth=False), args.batch_size, args.workers)
     frames = summary.frames
     print(f"scene: {args.cameras} cameras x {frames} frames at {width}x{height}; synth {synth_s:.2f} s "
           f"({frames / synth_s:.1f} frames/s)")
