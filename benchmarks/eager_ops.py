@@ -21,6 +21,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -103,6 +104,47 @@ def launches_kernel(event, children: dict[int, list]) -> bool:
     return any(launches_kernel(e, children) for e in below)
 
 
+def cpu_training_step(*, backbone: str = "resnet_101", width: int = 352, height: int = 128, batch: int = 2, num_gt: int = 128,
+                      num_anchor: int = 900, compiled: bool = True) -> Callable[[int], None]:
+    """train_throughput's step on the CPU (prepared host batch, clip, fused AdamW) for the default head,
+    its regions compiled with `aot_eager`; step k trains on the k-th of four streamed frames (mod 4).
+    A smaller backbone or `num_anchor` runs faster; what happens outside the regions stays the same."""
+    torch.manual_seed(0)
+    cfg = ModelConfig().model_copy(update={"input_shape": [width, height]})
+    if backbone != "resnet_101":
+        channels = [64, 128, 256, 512] if backbone == "resnet_18" else [256, 512, 1024, 2048]
+        cfg = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"type": backbone}),
+                                     "neck": cfg.neck.model_copy(update={"in_channels": channels})})
+    if num_anchor != cfg.head.instance_bank.num_anchor:
+        bank = cfg.head.instance_bank.model_copy(update={"num_anchor": num_anchor, "num_temp_instances": num_anchor * 2 // 3})
+        cfg = cfg.model_copy(update={"head": cfg.head.model_copy(update={"instance_bank": bank})})
+    model = Sparse4D.from_config(cfg, NUM_CLASSES, anchors=scene_anchors(cfg.head.instance_bank.num_anchor)).train()
+    if compiled:
+        compile_regions(model, backend="aot_eager")
+    optim = TrainConfig().optim
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(optim.lr), weight_decay=float(optim.weight_decay), fused=True)
+    max_norm = float(optim.grad_clip.max_norm)
+    batches = [synthetic_batch(batch, num_gt, step, pin=False, width=width, height=height) for step in range(4)]
+
+    def train_step(step: int) -> None:
+        frame = batches[step % len(batches)]
+        losses = model.loss(model(frame), frame)
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"] if p.grad is not None], max_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return train_step
+
+
+def warm_up(train_step: Callable[[int], None], steps: int = 3) -> None:
+    """First frame, first temporal frame (the regions compile), one more; progress on stderr."""
+    for step in range(steps):
+        begin = time.perf_counter()
+        train_step(step)
+        print(f"warm-up step {step}: {time.perf_counter() - begin:.1f} s", file=sys.stderr, flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=2)
@@ -115,33 +157,9 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--json")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    cfg = ModelConfig().model_copy(update={"input_shape": [args.width, args.height]})
-    if args.backbone != "resnet_101":
-        channels = [64, 128, 256, 512] if args.backbone == "resnet_18" else [256, 512, 1024, 2048]
-        cfg = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"type": args.backbone}),
-                                     "neck": cfg.neck.model_copy(update={"in_channels": channels})})
-    model = Sparse4D.from_config(cfg, NUM_CLASSES, anchors=scene_anchors(cfg.head.instance_bank.num_anchor)).train()
-    if not args.eager:
-        compile_regions(model, backend="aot_eager")
-    optim = TrainConfig().optim
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(optim.lr), weight_decay=float(optim.weight_decay), fused=True)
-    max_norm = float(optim.grad_clip.max_norm)
-
-    batches = [synthetic_batch(args.batch, args.num_gt, step, pin=False, width=args.width, height=args.height) for step in range(4)]
-
-    def train_step(step: int) -> None:  # train_throughput's step (prepared host batch, clip, fused AdamW)
-        batch = batches[step]
-        losses = model.loss(model(batch), batch)
-        losses["loss"].backward()
-        torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"] if p.grad is not None], max_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for step in range(3):  # first frame, first temporal frame (compiles), one more
-        begin = time.perf_counter()
-        train_step(step)
-        print(f"warm-up step {step}: {time.perf_counter() - begin:.1f} s", file=sys.stderr, flush=True)
+    train_step = cpu_training_step(backbone=args.backbone, width=args.width, height=args.height, batch=args.batch,
+                                   num_gt=args.num_gt, compiled=not args.eager)
+    warm_up(train_step)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_stack=True) as prof:
         train_step(3)
     kernels, contexts, lines, views, regions = classify(prof.events())

@@ -23,12 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import NUM_CLASSES, scene_anchors, synthetic_batch  # noqa: E402
-
-from sparse4d.config.model import ModelConfig  # noqa: E402
-from sparse4d.config.train import TrainConfig  # noqa: E402
-from sparse4d.engine.compile import compile_regions  # noqa: E402
-from sparse4d.model.sparse4d import Sparse4D  # noqa: E402
+from eager_ops import cpu_training_step, warm_up  # noqa: E402
 
 
 class CollectionClock:
@@ -53,35 +48,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=6, help="timed steps per mode")
     parser.add_argument("--interval", type=int, default=50, help="scheduled mode: steps between young-generation collections")
-    parser.add_argument("--num-anchor", type=int, default=900)
+    parser.add_argument("--num-anchor", type=int, default=900, help="fewer runs faster on the CPU (at least head.num_output, 300)")
     parser.add_argument("--num-gt", type=int, default=128)
     parser.add_argument("--json")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    cfg = ModelConfig().model_copy(update={"input_shape": [352, 128]})
-    cfg = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"type": "resnet_18"}),
-                                 "neck": cfg.neck.model_copy(update={"in_channels": [64, 128, 256, 512]})})
-    if args.num_anchor != 900:
-        head = cfg.head.model_copy(update={"instance_bank": cfg.head.instance_bank.model_copy(
-            update={"num_anchor": args.num_anchor, "num_temp_instances": args.num_anchor * 2 // 3})})
-        cfg = cfg.model_copy(update={"head": head})
-    model = Sparse4D.from_config(cfg, NUM_CLASSES, anchors=scene_anchors(cfg.head.instance_bank.num_anchor)).train()
-    compile_regions(model, backend="aot_eager")
-    optim = TrainConfig().optim
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(optim.lr), weight_decay=float(optim.weight_decay))
-    batches = [synthetic_batch(2, args.num_gt, step, pin=False, width=352, height=128) for step in range(4)]
-
-    def train_step(step: int) -> None:
-        batch = batches[step % len(batches)]
-        model.loss(model(batch), batch)["loss"].backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], float(optim.grad_clip.max_norm))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for step in range(3):  # first frame, first temporal frame (compiles), one more
-        begin = time.perf_counter()
-        train_step(step)
-        print(f"warm-up step {step}: {time.perf_counter() - begin:.1f} s", file=sys.stderr, flush=True)
+    train_step = cpu_training_step(backbone="resnet_18", num_anchor=args.num_anchor, num_gt=args.num_gt)
+    warm_up(train_step)
     gc.collect()
     tracked = len(gc.get_objects())
     gc.disable()
