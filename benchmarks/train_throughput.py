@@ -8,7 +8,10 @@ instances, temporal denoising) runs as in real training.
 Prints samples/s, model FLOPs utilisation (FLOPs counted by torch.utils.flop_counter), peak memory,
 the number of host syncs in one step, the time split (data, backbone+neck, head, aggregation,
 depth, loss incl. matching, optimizer; CUDA events), and the backbone+neck-only step at the same
-batch measured in the same run.
+batch measured in the same run. Compiled regions leave no place for those events inside them: with
+--compile the events time only the phases (data, forward, loss, backward, optimizer), and
+`--profile --trace` gives the split by part from the profiled kernels instead
+(`profile.gpu_ms_per_step_by_part`, benchmarks/part_split.py).
 
     PYTHONPATH=. python benchmarks/train_throughput.py [--batch 2] [--steps 20] [--reference-aggregation]
         [--no-channels-last] [--fp32] [--fused-adam] [--compile-backbone | --compile [--compile-mode reduce-overhead]] [--json out.json]
@@ -45,6 +48,7 @@ import numpy as np
 import torch
 
 from host_clock import HostClock  # noqa: E402  (benchmarks/, next to this script)
+from part_split import AGGREGATION_KERNELS, annotate, gpu_ms_by_part, part  # noqa: E402
 
 from sparse4d.config.dataset import NormalizeConfig
 from sparse4d.config.model import ModelConfig
@@ -145,13 +149,26 @@ def emit(record: dict, json_path: str | None) -> None:
     print(json.dumps(record, indent=1))
 
 
+# profiled steps label the step's phases and the compiled regions as model parts (part_split.py); the
+# forward outside the regions (instance bank, denoising, anchors, the matching's start) is the head's
+PHASE_PARTS = {"data": "data", "forward_total": "head", "loss": "loss", "optimizer": "optimizer"}
+REGION_PARTS = (("encode_images", "backbone_neck"), ("decoder_layer", "head"), ("decoder_losses", "loss"), ("matching_costs", "loss"))
+
+
+def region_parts(model: Sparse4D) -> list[tuple[object, str, str]]:
+    """(owner, attribute, part) of the model's regions for part_split.annotate."""
+    return [(model.head if attr == "decoder_layer" else model, attr, name) for attr, name in REGION_PARTS]
+
+
 class Timeline:
-    """CUDA events per named region, summed per step (regions may repeat within a step)."""
+    """CUDA events per named region, summed per step (regions may repeat within a step); with
+    `label_parts`, each phase of PHASE_PARTS also runs in its part's profiler range."""
 
     def __init__(self) -> None:
         self.pairs: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
         self.open: dict[str, list[torch.cuda.Event]] = defaultdict(list)
         self.enabled = False
+        self.label_parts = False
 
     def start(self, name: str) -> None:
         if self.enabled:
@@ -168,8 +185,10 @@ class Timeline:
     @contextlib.contextmanager
     def region(self, name: str):
         self.start(name)
+        label = PHASE_PARTS.get(name) if self.label_parts else None
         try:
-            yield
+            with part(label) if label else contextlib.nullcontext():
+                yield
         finally:
             self.stop(name)
 
@@ -262,13 +281,15 @@ def profile_steps(step, count: int, trace_path: str | None = None) -> dict:
     gpu_ms = sum(e.self_device_time_total for e in kernels) / 1000
     cpu_ops = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CPU), key=lambda e: -e.self_cpu_time_total)
     launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx"))
-    gap_causes = None
+    gap_causes = by_part = None
     if trace_path:
         from trace_gaps import explain_gaps, load_trace
 
-        gap_causes = explain_gaps(load_trace(trace_path), top=8, min_ms=0.5)
+        trace = load_trace(trace_path)
+        gap_causes = explain_gaps(trace, top=8, min_ms=0.5)
+        by_part = gpu_ms_by_part(trace, count)
     return {
-        "gap_causes": gap_causes,
+        "gap_causes": gap_causes, "gpu_ms_per_step_by_part": by_part,
         "wall_ms_per_step": round(wall_ms / count, 1), "gpu_kernel_ms_per_step": round(gpu_ms / count, 1),
         "gpu_busy_share": round(gpu_ms / wall_ms, 3), "kernel_launches_per_step": launches // count,
         "top_host_ops_ms_per_step": {e.key[:50]: round(e.self_cpu_time_total / 1000 / count, 2) for e in cpu_ops[:15]},
@@ -336,7 +357,7 @@ def idle_gaps(events, top: int = 15) -> list[str]:
 
 
 KERNEL_KINDS = (  # first match wins; names as CUDA, cuDNN, cuBLAS, Triton and Inductor print them
-    ("fused aggregation", ("_forward_kernel", "_query_backward_kernel", "_pixel_backward_kernel", "_chunk_sum_kernel", "_chunk_carry_kernel")),
+    ("fused aggregation", AGGREGATION_KERNELS),
     ("sort / searchsorted", ("sort", "Sort", "searchsorted")),
     ("batch norm", ("bn_", "batch_norm", "batchnorm", "BatchNorm")),
     ("convolution", ("conv", "Conv", "implicit", "wgrad", "dgrad", "fprop", "cudnn")),
@@ -378,7 +399,8 @@ def main() -> int:
                         help="with --compile: the decoder losses compiled without CUDA graphs (their kernels launched one by one)")
     parser.add_argument("--compile-backbone", action="store_true", help="torch.compile only the backbone+neck (in --compile-mode), also in the backbone-only step")
     parser.add_argument("--compile", action="store_true",
-                        help="what train.compile does (sparse4d.engine.compile): backbone, neck, whole head, decoder losses; no time split")
+                        help="what train.compile does (sparse4d.engine.compile): image encoding, decoder layer, losses and matching costs as "
+                             "regions; the events time only the phases (the parts: --profile --trace)")
     parser.add_argument("--head-as-one-graph", action="store_true",
                         help="with --compile: the whole head captured as one CUDA graph (torch.compile backend 'cudagraphs', eager kernels, no Inductor) "
                              "instead of compiled decoder modules")
@@ -527,7 +549,13 @@ def main() -> int:
 
     # Profile before the FLOP counter and the sync check: under their dispatch modes the compiled
     # regions recompile, and past dynamo's recompile limit they stay eager.
-    profile = profile_steps(lambda: train_step(1002), 2, args.trace) if args.profile else None
+    profile = None
+    if args.profile:
+        timeline.label_parts = True
+        # the head-as-one-graph experiment traces the head's forward: a range inside it would break the graph
+        with annotate([] if args.head_as_one_graph else region_parts(model)):
+            profile = profile_steps(lambda: train_step(1002), 2, args.trace)
+        timeline.label_parts = False
     host_profile = host_profile_steps(lambda: train_step(1003), 4, args.host_profile) if args.host_profile else None
     host_timeline = None
     if args.host_timeline:
@@ -587,6 +615,8 @@ def main() -> int:
         "forward_total": median.get("forward_total", 0.0),
         "backward_total": median.get("backward_total", 0.0),
     }
+    if args.compile or args.compile_backbone:  # no hooks inside compiled code: only the phases were timed
+        split = {k: v for k, v in split.items() if k in ("data", "loss_incl_matching", "optimizer", "forward_total", "backward_total")}
 
     backbone_only_ms = None
     if not args.skip_backbone_only:
