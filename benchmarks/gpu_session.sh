@@ -13,15 +13,18 @@
 #   bash benchmarks/gpu_session.sh eager-ops          # eager ops between the regions (CPU-side count)
 #   bash benchmarks/gpu_session.sh ab ARGS...         # A/B on a warm machine: the compiled step without, then
 #                                                     # with ARGS (30 steps each, no profile); run it twice
+#   bash benchmarks/gpu_session.sh trainer-ab ARGS... # the same through the trainer's Lightning module, 1 GPU
+#                                                     # (ddp_scaling.py --devices 1, reduce-overhead regions),
+#                                                     # e.g. ARGS = --graphed-optimizer
 #
 # Needs python3 with torch (CUDA) and Triton; pydantic and jsonschema are installed from ./.wheels
 # when present (a machine without an index: `pip download -d .wheels ... pydantic jsonschema`).
 set -u
-stage="${1:?stage: tests | tests-train | kernel | train | eager-ops | ab}"
+stage="${1:?stage: tests | tests-train | kernel | train | eager-ops | ab | trainer-ab}"
 shift
 case "$stage" in
-    tests | tests-train | kernel | train | eager-ops | ab) ;;
-    *) echo "unknown stage $stage (tests | tests-train | kernel | train | eager-ops | ab)" >&2; exit 2 ;;
+    tests | tests-train | kernel | train | eager-ops | ab | trainer-ab) ;;
+    *) echo "unknown stage $stage (tests | tests-train | kernel | train | eager-ops | ab | trainer-ab)" >&2; exit 2 ;;
 esac
 out="${OUT:-$PWD/gpu_out}"
 mkdir -p "$out"
@@ -64,6 +67,11 @@ case "$stage" in
         common=(--steps 30 --warmup 5 --fused-adam --compile --compile-mode reduce-overhead --skip-backbone-only)
         timeout 280 python3 benchmarks/train_throughput.py "${common[@]}" --json "$out/ab_base.json" >"$out/ab_base.log" 2>&1
         timeout 280 python3 benchmarks/train_throughput.py "${common[@]}" "$@" --json "$out/ab_variant.json" >"$out/ab_variant.log" 2>&1
+        ;;
+    trainer-ab)
+        common=(--devices 1 --steps 30 --warmup 8 --compile --compile-mode reduce-overhead)
+        timeout 285 python3 benchmarks/ddp_scaling.py "${common[@]}" --out "$out/trainer_ab_base.json" >"$out/trainer_ab_base.log" 2>&1
+        timeout 285 python3 benchmarks/ddp_scaling.py "${common[@]}" "$@" --out "$out/trainer_ab_variant.json" >"$out/trainer_ab_variant.log" 2>&1
         ;;
 esac
 status=$?

@@ -14,8 +14,12 @@ for the default model), the graph replays clip + AdamW, and the gradients are re
 differs from the captured one runs eagerly, with the same semantics (a parameter without a
 gradient is skipped, as eager AdamW skips it).
 
-The optimizer must be capturable (Adam/AdamW with `capturable=True`) and its learning rates
-tensors, so that a schedule changes them in place (`set_lr`) instead of baking numbers into the graph.
+The optimizer must be capturable (Adam/AdamW with `capturable=True`, fused on the CPU). Its learning rates live in
+tensors this class owns (one per parameter group, on the parameters' device), so a schedule changes
+what the graph reads instead of numbers baked into it: `LambdaLR` fills them in place, and a group
+whose `lr` was replaced (an older scheduler, loading an optimizer state) is copied back into its
+tensor before the next step. On a device without CUDA graphs (the CPU) every step runs eagerly, with
+the same semantics, so the trainer's wiring is tested there.
 """
 from __future__ import annotations
 
@@ -24,27 +28,43 @@ from torch import Tensor
 
 
 class GraphedOptimizerStep:
-    """`step()` = clip_grad_norm_(max_norm) + optimizer.step() + zero_grad(set_to_none=True).
+    """`step()` = clip_grad_norm_(max_norm, norm_type) + optimizer.step() + zero_grad(set_to_none=True).
 
-    The first call runs eagerly (the optimizer creates its state), the second captures the graph,
-    later ones replay it.
+    On CUDA the first call runs eagerly (the optimizer creates its state), the second captures the
+    graph, later ones replay it.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, max_norm: float) -> None:
-        for group in optimizer.param_groups:
-            if not group.get("capturable", False) or not isinstance(group["lr"], Tensor):
-                raise ValueError("GraphedOptimizerStep needs an optimizer built with capturable=True and a tensor lr")
+    def __init__(self, optimizer: torch.optim.Optimizer, max_norm: float, norm_type: float = 2.0) -> None:
         self.optimizer = optimizer
         self.max_norm = float(max_norm)
+        self.norm_type = float(norm_type)
         self.params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        self.on_cuda = bool(self.params) and all(p.is_cuda for p in self.params)
+        if not all(group.get("capturable", False) for group in optimizer.param_groups):
+            raise ValueError("GraphedOptimizerStep needs an optimizer built with capturable=True (Adam or AdamW; fused on the CPU)")
+        device = self.params[0].device if self.params else torch.device("cpu")
+        self.lrs = [torch.tensor(float(group["lr"]), dtype=torch.float32, device=device) for group in optimizer.param_groups]
+        for group, lr in zip(optimizer.param_groups, self.lrs):
+            group["lr"] = lr
         self.graph: torch.cuda.CUDAGraph | None = None
         self.graph_grads: list[Tensor] = []
         self._graph_has_grad: list[bool] = []
         self.eager_steps = 0  # steps that could not replay (the first, the capture, a changed gradient set)
 
+    def _sync_lr(self) -> None:
+        """Put each group's current rate into the tensor the graph reads (no host sync)."""
+        for group, lr in zip(self.optimizer.param_groups, self.lrs):
+            value = group["lr"]
+            if value is not lr:
+                if isinstance(value, Tensor):
+                    lr.copy_(value)
+                else:
+                    lr.fill_(float(value))
+                group["lr"] = lr
+
     def _clip_and_step(self, params: list[Tensor]) -> None:
         if self.max_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.max_norm, foreach=True)
+            torch.nn.utils.clip_grad_norm_(params, self.max_norm, norm_type=self.norm_type, foreach=True)
         self.optimizer.step()
 
     def _release_grads(self) -> None:
@@ -52,6 +72,7 @@ class GraphedOptimizerStep:
             p.grad = None
 
     def step(self) -> None:
+        self._sync_lr()
         has_grad = [p.grad is not None for p in self.params]
         if self.graph is not None and has_grad == self._graph_has_grad:
             torch._foreach_copy_(self.graph_grads, [p.grad for p in self.params if p.grad is not None])
@@ -60,7 +81,7 @@ class GraphedOptimizerStep:
             return
         self.eager_steps += 1
         with_grad = [p for p in self.params if p.grad is not None]
-        if self.graph is not None or self.eager_steps == 1 or not with_grad:
+        if not self.on_cuda or self.graph is not None or self.eager_steps == 1 or not with_grad:
             # eager: the first step creates the optimizer's state; later ones keep the graph for the usual set
             self._clip_and_step(with_grad)
             self._release_grads()
@@ -77,8 +98,3 @@ class GraphedOptimizerStep:
         self.graph = graph
         graph.replay()  # capturing ran nothing
         self._release_grads()
-
-    def set_lr(self, lrs: list[float]) -> None:
-        """New learning rates, one per parameter group, written into the tensors the graph reads."""
-        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
-            group["lr"].fill_(float(lr))

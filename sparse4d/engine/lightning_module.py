@@ -13,6 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from sparse4d.engine.graphed_step import GraphedOptimizerStep
 from sparse4d.engine.loss_log import DeferredLossLog, StepLosses
 from sparse4d.engine.optim import build_optimizer, build_scheduler
 
@@ -30,11 +31,15 @@ class Sparse4DLightning(pl.LightningModule):
     NaN weights)."""
 
     def __init__(self, model: torch.nn.Module, optim: Any, total_steps: int, finite_check_interval: int = 20,
-                 cuda_graph_steps: bool = False) -> None:
+                 cuda_graph_steps: bool = False, graphed_optimizer: bool = False) -> None:
         super().__init__()
         # regions compiled with mode="reduce-overhead" replay CUDA graphs: each step must tell the
         # graph trees that the last step's outputs are no longer needed
         self.cuda_graph_steps = cuda_graph_steps
+        # clip + Adam(W) + zero_grad as one CUDA-graph replay (sparse4d/engine/graphed_step.py); opt-in
+        # until measured on a GPU (benchmarks/ddp_scaling.py --graphed-optimizer)
+        self.graphed_optimizer = graphed_optimizer
+        self._graphed_step: GraphedOptimizerStep | None = None
         self.model = model
         self.optim = optim
         self.total_steps = int(total_steps)
@@ -97,9 +102,24 @@ class Sparse4DLightning(pl.LightningModule):
         return {k: float(v) for k, v in self._recent_losses.items()}
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = build_optimizer(self.model, self.optim)
+        optimizer = build_optimizer(self.model, self.optim, capturable=self.graphed_optimizer)
+        if self.graphed_optimizer:  # before the schedule: it then fills the step's rate tensors in place
+            if self._trainer is not None and str(self._trainer.precision).startswith("16"):
+                raise ValueError("the graphed optimizer step does not unscale fp16 gradients: train in bf16 or fp32")
+            clip = self.optim.grad_clip
+            self._graphed_step = GraphedOptimizerStep(optimizer, float(clip.max_norm), NORM_TYPES[str(clip.norm_type)])
         scheduler = build_scheduler(optimizer, self.optim.lr_scheduler, self.total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Lightning's step, or with the graphed optimizer: the closure (training step, backward), then
+        clip + step + release of the gradients as one replay (Lightning's own clipping is not called)."""
+        if self._graphed_step is None:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            return
+        if optimizer_closure is not None:
+            optimizer_closure()
+        self._graphed_step.step()
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: Any = None,
                                     gradient_clip_algorithm: Any = None) -> None:

@@ -39,18 +39,23 @@ def all_on_cuda(groups: list[dict[str, Any]]) -> bool:
     return bool(params) and all(p.is_cuda for p in params)
 
 
-def build_optimizer(model: nn.Module, optim: Any) -> torch.optim.Optimizer:
-    """`optim` is the `train.optim` section (type, lr, weight_decay, momentum, paramwise_cfg)."""
+def build_optimizer(model: nn.Module, optim: Any, capturable: bool = False) -> torch.optim.Optimizer:
+    """`optim` is the `train.optim` section (type, lr, weight_decay, momentum, paramwise_cfg).
+    `capturable`: an Adam(W) whose step can be captured in a CUDA graph (graphed_step.py); fused on
+    every device, since PyTorch captures only fused or CUDA optimizers."""
     groups = parameter_groups(model, float(optim.lr), float(optim.paramwise_cfg.custom_keys.img_backbone.lr_mult))
     kind = str(optim.type)
     # On a GPU, Adam(W) steps as one fused kernel per launch chunk instead of foreach's several passes
     # (what benchmarks/train_throughput.py measures, --fused-adam); Lightning builds the optimizer
     # after moving the model, so the parameters' device is known here.
-    fused = all_on_cuda(groups)
+    fused = all_on_cuda(groups) or capturable
+    extra = {"capturable": True} if capturable else {}
     if kind == "adamw":
-        return torch.optim.AdamW(groups, lr=float(optim.lr), weight_decay=float(optim.weight_decay), fused=fused)
+        return torch.optim.AdamW(groups, lr=float(optim.lr), weight_decay=float(optim.weight_decay), fused=fused, **extra)
     if kind == "adam":
-        return torch.optim.Adam(groups, lr=float(optim.lr), weight_decay=float(optim.weight_decay), fused=fused)
+        return torch.optim.Adam(groups, lr=float(optim.lr), weight_decay=float(optim.weight_decay), fused=fused, **extra)
+    if capturable:
+        raise ValueError(f"a graphed optimizer step needs train.optim.type adam or adamw, not {kind!r}")
     if kind == "sgd":
         return torch.optim.SGD(groups, lr=float(optim.lr), momentum=float(optim.momentum), weight_decay=float(optim.weight_decay))
     raise ValueError(f"unknown optimizer type {kind!r}")  # the spec schema only allows the three above

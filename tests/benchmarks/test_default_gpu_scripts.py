@@ -85,3 +85,22 @@ def test_loader_verdict_needs_both_low_wait_and_headroom():
     assert not keeps_up(step, {"loader_only_samples_per_s": 16.5})["loader_keeps_up"]
     starved = {**step, "data_wait_ms_median": 200.0, "data_wait_share": 0.4}
     assert not keeps_up(starved, {"loader_only_samples_per_s": 40.0})["loader_keeps_up"]
+
+
+def test_ddp_scaling_passes_every_option_to_its_runs(monkeypatch):
+    """The driver starts one process per GPU count; each must get the driver's options, and a
+    --devices run must hand them to run_one (an option lost here costs a GPU session)."""
+    import ddp_scaling
+
+    argv = ["--steps", "12", "--warmup", "3", "--batch", "1", "--lr", "2e-05", "--compile", "--compile-mode", "reduce-overhead",
+            "--graphed-optimizer", "--auto-gc", "--find-unused"]
+    driver = ddp_scaling.build_parser().parse_args(argv)
+    child = ddp_scaling.child_command(driver, 2, "/tmp/two.json")[2:]  # without the interpreter and script
+    calls = []
+    monkeypatch.setattr(ddp_scaling, "run_one", lambda *a: calls.append(a))
+    assert ddp_scaling.main(child) == 0
+    assert calls == [(2, 12, 3, 1, "/tmp/two.json", True, "reduce-overhead", 2e-05, True, True)]
+    calls.clear()
+    plain = ddp_scaling.build_parser().parse_args([])
+    assert ddp_scaling.main(ddp_scaling.child_command(plain, 1, "/tmp/one.json")[2:]) == 0
+    assert calls == [(1, 40, 8, 2, "/tmp/one.json", False, None, None, False, False)]  # eager, the trainer's lr, paused GC
