@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
     if args.devices:
         run_one(args.devices, args.steps, args.warmup, args.batch, args.out, args.find_unused, args.compile_mode if args.compile else None,
                 args.lr, args.graphed_optimizer, args.auto_gc)

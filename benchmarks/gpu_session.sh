@@ -19,7 +19,12 @@
 #
 # Needs python3 with torch (CUDA) and Triton; pydantic and jsonschema are installed from ./.wheels
 # when present (a machine without an index: `pip download -d .wheels ... pydantic jsonschema`).
+# GPU_SESSION_DRY_RUN=FILE appends each stage command to FILE (one per line) instead of running it:
+# tests/benchmarks/test_gpu_session.py checks on the CPU that every command's options parse.
 set -u
+if [ -n "${GPU_SESSION_DRY_RUN:-}" ]; then
+    timeout() { shift; printf '%q ' "$@" >>"$GPU_SESSION_DRY_RUN"; echo >>"$GPU_SESSION_DRY_RUN"; }
+fi
 stage="${1:?stage: tests | tests-train | kernel | train | eager-ops | ab | trainer-ab}"
 shift
 case "$stage" in
@@ -28,15 +33,17 @@ case "$stage" in
 esac
 out="${OUT:-$PWD/gpu_out}"
 mkdir -p "$out"
-if ls .wheels/*.whl >/dev/null 2>&1; then
+if [ -z "${GPU_SESSION_DRY_RUN:-}" ] && ls .wheels/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .wheels/*.whl >"$out/pip.log" 2>&1
     export PYTHONPATH="/tmp/site:$PWD"
 else
     export PYTHONPATH="$PWD"
 fi
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/gpu.txt" 2>&1
-python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" >>"$out/gpu.txt" 2>&1
+if [ -z "${GPU_SESSION_DRY_RUN:-}" ]; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/gpu.txt" 2>&1
+    python3 -c "import torch, triton; print(torch.__version__, triton.__version__)" >>"$out/gpu.txt" 2>&1
+fi
 
 case "$stage" in
     tests)

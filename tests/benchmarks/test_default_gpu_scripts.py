@@ -98,6 +98,7 @@ def test_ddp_scaling_passes_every_option_to_its_runs(monkeypatch):
     child = ddp_scaling.child_command(driver, 2, "/tmp/two.json")[2:]  # without the interpreter and script
     calls = []
     monkeypatch.setattr(ddp_scaling, "run_one", lambda *a: calls.append(a))
+    monkeypatch.setattr(ddp_scaling.torch.cuda, "is_available", lambda: True)
     assert ddp_scaling.main(child) == 0
     assert calls == [(2, 12, 3, 1, "/tmp/two.json", True, "reduce-overhead", 2e-05, True, True)]
     calls.clear()
