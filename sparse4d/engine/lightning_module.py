@@ -102,13 +102,13 @@ class Sparse4DLightning(pl.LightningModule):
         return {k: float(v) for k, v in self._recent_losses.items()}
 
     def configure_optimizers(self) -> dict[str, Any]:
+        if self.graphed_optimizer and self._trainer is not None and str(self._trainer.precision).startswith("16"):
+            raise ValueError("the graphed optimizer step does not unscale fp16 gradients: train in bf16 or fp32")
         optimizer = build_optimizer(self.model, self.optim, capturable=self.graphed_optimizer)
-        if self.graphed_optimizer:  # before the schedule: it then fills the step's rate tensors in place
-            if self._trainer is not None and str(self._trainer.precision).startswith("16"):
-                raise ValueError("the graphed optimizer step does not unscale fp16 gradients: train in bf16 or fp32")
+        scheduler = build_scheduler(optimizer, self.optim.lr_scheduler, self.total_steps)
+        if self.graphed_optimizer:  # after the schedule, whose base rates stay plain numbers
             clip = self.optim.grad_clip
             self._graphed_step = GraphedOptimizerStep(optimizer, float(clip.max_norm), NORM_TYPES[str(clip.norm_type)])
-        scheduler = build_scheduler(optimizer, self.optim.lr_scheduler, self.total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
