@@ -93,7 +93,8 @@ class GraphedOptimizerStep:
             p.grad = g
         self._graph_has_grad = has_grad
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the trainer's pin-memory thread may allocate pinned memory during the capture
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._clip_and_step(with_grad)
         self.graph = graph
         graph.replay()  # capturing ran nothing
