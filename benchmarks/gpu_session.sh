@@ -13,6 +13,8 @@
 #   bash benchmarks/gpu_session.sh eager-ops          # eager ops between the regions (CPU-side count)
 #   bash benchmarks/gpu_session.sh ab ARGS...         # A/B on a warm machine: the compiled step without, then
 #                                                     # with ARGS (30 steps each, no profile); run it twice
+#   bash benchmarks/gpu_session.sh ab-graphed         # base vs graphed clip + AdamW in one process (one compile,
+#                                                     # alternating blocks): fits a fresh machine's call
 #   bash benchmarks/gpu_session.sh trainer-ab ARGS... # the same through the trainer's Lightning module, 1 GPU
 #                                                     # (ddp_scaling.py --devices 1, reduce-overhead regions),
 #                                                     # e.g. ARGS = --graphed-optimizer
@@ -25,11 +27,11 @@ set -u
 if [ -n "${GPU_SESSION_DRY_RUN:-}" ]; then
     timeout() { shift; printf '%q ' "$@" >>"$GPU_SESSION_DRY_RUN"; echo >>"$GPU_SESSION_DRY_RUN"; }
 fi
-stage="${1:?stage: tests | tests-train | kernel | train | eager-ops | ab | trainer-ab}"
+stage="${1:?stage: tests | tests-train | kernel | train | eager-ops | ab | ab-graphed | trainer-ab}"
 shift
 case "$stage" in
-    tests | tests-train | kernel | train | eager-ops | ab | trainer-ab) ;;
-    *) echo "unknown stage $stage (tests | tests-train | kernel | train | eager-ops | ab | trainer-ab)" >&2; exit 2 ;;
+    tests | tests-train | kernel | train | eager-ops | ab | ab-graphed | trainer-ab) ;;
+    *) echo "unknown stage $stage (tests | tests-train | kernel | train | eager-ops | ab | ab-graphed | trainer-ab)" >&2; exit 2 ;;
 esac
 out="${OUT:-$PWD/gpu_out}"
 mkdir -p "$out"
@@ -74,6 +76,10 @@ case "$stage" in
         common=(--steps 30 --warmup 5 --fused-adam --compile --compile-mode reduce-overhead --skip-backbone-only)
         timeout 280 python3 benchmarks/train_throughput.py "${common[@]}" --json "$out/ab_base.json" >"$out/ab_base.log" 2>&1
         timeout 280 python3 benchmarks/train_throughput.py "${common[@]}" "$@" --json "$out/ab_variant.json" >"$out/ab_variant.log" 2>&1
+        ;;
+    ab-graphed)
+        timeout 570 python3 benchmarks/train_throughput.py --steps 30 --warmup 5 --fused-adam --compile --compile-mode reduce-overhead \
+            --skip-backbone-only --flops-tflop 12.27 --ab-graphed-optimizer --json "$out/ab_graphed.json" >"$out/ab_graphed.log" 2>&1
         ;;
     trainer-ab)
         common=(--devices 1 --steps 30 --warmup 8 --compile --compile-mode reduce-overhead)

@@ -392,6 +392,9 @@ def main() -> int:
     parser.add_argument("--graphed-optimizer", action="store_true",
                         help="clip + fused AdamW (capturable, tensor lr) as one CUDA-graph replay (sparse4d.engine.graphed_step): "
                              "autograd's gradients are copied into the graph's buffers with one multi-tensor copy, then released")
+    parser.add_argument("--ab-graphed-optimizer", action="store_true",
+                        help="after the timed steps, alternate blocks of --steps steps with the graphed clip + AdamW and with the "
+                             "base optimizer in the same process (one compilation for both; result under ab_graphed_optimizer)")
     parser.add_argument("--auto-gc", action="store_true",
                         help="keep Python's automatic garbage collection on (before session 12; the trainer now pauses it and "
                              "collects the young generation every 50 steps)")
@@ -456,6 +459,14 @@ def main() -> int:
         optimizer = torch.optim.AdamW(model.parameters(), lr=float(optim.lr), weight_decay=float(optim.weight_decay), fused=True)
     else:
         optimizer = build_optimizer(model, train_cfg.optim)
+    ab_graphed_step = None
+    if args.ab_graphed_optimizer:  # a second optimizer over the same parameters, swapped in for the A/B blocks
+        from sparse4d.engine.graphed_step import GraphedOptimizerStep
+
+        optim = train_cfg.optim
+        ab_graphed_step = GraphedOptimizerStep(torch.optim.AdamW(model.parameters(), lr=float(optim.lr), weight_decay=float(optim.weight_decay),
+                                                                 fused=True, capturable=True), max_norm)
+    active = {"graphed": graphed_step}  # the optimizer step the training step runs (the A/B swaps it)
     if args.compile:
         from sparse4d.engine.compile import compile_regions
 
@@ -504,8 +515,8 @@ def main() -> int:
             losses["loss"].backward()
         mark("backward_queued")
         with timeline.region("optimizer"):
-            if graphed_step is not None:
-                graphed_step.step()
+            if active["graphed"] is not None:
+                active["graphed"].step()
             else:
                 if max_norm > 0:  # the parameters as the trainer's configure_gradient_clipping takes them
                     torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"] if p.grad is not None], max_norm)
@@ -544,6 +555,26 @@ def main() -> int:
         train_step(step)
     torch.cuda.synchronize()
     step_ms = (time.perf_counter() - start) * 1000 / args.steps
+    ab_blocks = None
+    if ab_graphed_step is not None:  # same process, same compiled model: base and graphed blocks alternate
+        def timed_block(first: int) -> float:
+            torch.cuda.synchronize()
+            begin = time.perf_counter()
+            for step in range(first, first + args.steps):
+                train_step(step)
+            torch.cuda.synchronize()
+            return round((time.perf_counter() - begin) * 1000 / args.steps, 2)
+
+        ab_blocks = {"base_ms": [round(step_ms, 2)], "graphed_optimizer_ms": []}
+        active["graphed"] = ab_graphed_step
+        for step in range(3000, 3003):  # its eager first step, the capture, a first replay
+            train_step(step)
+        for block in range(2):
+            active["graphed"] = ab_graphed_step
+            ab_blocks["graphed_optimizer_ms"].append(timed_block(3100 + 200 * block))
+            active["graphed"] = graphed_step
+            ab_blocks["base_ms"].append(timed_block(3200 + 200 * block))
+        ab_blocks["graphed_eager_steps"] = ab_graphed_step.eager_steps
     peak_gb = torch.cuda.max_memory_allocated() / 1e9  # since the reset after warm-up: CUDA-graph pools allocated while warming up are not in it
     reserved_gb = torch.cuda.memory_reserved() / 1e9  # everything the caching allocator holds now, graph pools included
 
@@ -668,6 +699,8 @@ def main() -> int:
         record["host_profile"] = host_profile
     if host_timeline:
         record["host_timeline_ms_median"] = host_timeline
+    if ab_blocks:
+        record["ab_graphed_optimizer"] = ab_blocks
     emit(record, args.json)
     print(f"\n{name}: {record['samples_per_s']} samples/s ({record['step_ms']} ms/step, batch {args.batch}), "
           f"MFU {record['mfu']}, peak {record['peak_memory_gb']} GB, backbone+neck-only {record['backbone_neck_only_step_ms']} ms "

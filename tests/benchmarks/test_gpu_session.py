@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ["kernel", "train", "ab --graphed-optimizer", "ab --losses-without-graphs", "trainer-ab --graphed-optimizer"]
+STAGES = ["kernel", "train", "ab --graphed-optimizer", "ab --losses-without-graphs", "ab-graphed", "trainer-ab --graphed-optimizer"]
 
 
 def planned_commands(stage: str, tmp_path: Path) -> list[list[str]]:
