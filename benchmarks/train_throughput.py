@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from host_clock import HostClock  # noqa: E402  (benchmarks/, next to this script)
-from part_split import AGGREGATION_KERNELS, annotate, gpu_ms_by_part, part  # noqa: E402
+from part_split import AGGREGATION_KERNELS, OPTIMIZER_SCOPES, PART_PREFIX, annotate, gpu_ms_by_part, part  # noqa: E402
 
 from sparse4d.config.dataset import NormalizeConfig
 from sparse4d.config.model import ModelConfig
@@ -153,6 +153,21 @@ def emit(record: dict, json_path: str | None) -> None:
 # forward outside the regions (instance bank, denoising, anchors, the matching's start) is the head's
 PHASE_PARTS = {"data": "data", "forward_total": "head", "loss": "loss", "optimizer": "optimizer"}
 REGION_PARTS = (("encode_images", "backbone_neck"), ("decoder_layer", "head"), ("decoder_losses", "loss"), ("matching_costs", "loss"))
+
+
+def compiled_regions(model: Sparse4D) -> list[tuple[object, str]]:
+    """(owner, attribute) of the functions compile_regions compiled. Only those may be wrapped: a
+    Python wrapper around a function that runs inside a region (`prepare_levels` inside
+    `encode_images`) is traced into that region, breaks its graph and recompiles it every step."""
+    candidates = ((model, "encode_images"), (model.head, "decoder_layer"), (model, "decoder_losses"), (model, "matching_costs"),
+                  (model.head, "prepare_levels"))
+    return [(owner, attr) for owner, attr in candidates if hasattr(vars(owner).get(attr), "_torchdynamo_orig_callable")]
+
+
+def is_gpu_range(name: str) -> bool:
+    """A profiler range mirrored on the GPU timeline (part labels, torch.optim's own ranges): its
+    "device time" spans kernels that are counted on their own, so it must not be added to them."""
+    return name.startswith((PART_PREFIX, *OPTIMIZER_SCOPES, "ProfilerStep"))
 
 
 def region_parts(model: Sparse4D) -> list[tuple[object, str, str]]:
@@ -273,11 +288,11 @@ def profile_steps(step, count: int, trace_path: str | None = None) -> dict:
         for _ in range(count):
             step()
         torch.cuda.synchronize()
-    wall_ms = (time.perf_counter() - start) * 1000
+        wall_ms = (time.perf_counter() - start) * 1000  # before the profiler stops and processes its events
     if trace_path:  # a Chrome/Perfetto trace, gzipped when the name ends in .gz
         prof.export_chrome_trace(trace_path)
     events = prof.key_averages()
-    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA and not is_gpu_range(e.key)]
     gpu_ms = sum(e.self_device_time_total for e in kernels) / 1000
     cpu_ops = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CPU), key=lambda e: -e.self_cpu_time_total)
     launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx"))
@@ -602,10 +617,8 @@ def main() -> int:
 
         model._match_all_layers = timed_match
         clock = HostClock()  # host time inside the regions' calls and the graph launches (no profiler)
-        for owner, attr in ((model, "encode_images"), (model.head, "decoder_layer"), (model, "decoder_losses"),
-                            (model, "matching_costs"), (model.head, "prepare_levels")):
-            if attr in vars(owner):  # compiled by compile_regions (an instance attribute)
-                clock.wrap(owner, attr)
+        for owner, attr in compiled_regions(model):
+            clock.wrap(owner, attr)
         clock.wrap(torch.cuda.CUDAGraph, "replay", "cuda_graph_replay")
         torch.cuda.synchronize()
         for step in range(2000, 2000 + args.steps):
