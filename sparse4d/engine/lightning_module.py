@@ -36,8 +36,8 @@ class Sparse4DLightning(pl.LightningModule):
         # regions compiled with mode="reduce-overhead" replay CUDA graphs: each step must tell the
         # graph trees that the last step's outputs are no longer needed
         self.cuda_graph_steps = cuda_graph_steps
-        # clip + Adam(W) + zero_grad as one CUDA-graph replay (sparse4d/engine/graphed_step.py); opt-in
-        # until measured on a GPU (benchmarks/ddp_scaling.py --graphed-optimizer)
+        # clip + Adam(W) + zero_grad as one CUDA-graph replay (sparse4d/engine/graphed_step.py); opt-in:
+        # it did not shorten the step on an H100 (benchmarks/README.md, session 13)
         self.graphed_optimizer = graphed_optimizer
         self._graphed_step: GraphedOptimizerStep | None = None
         self.model = model
