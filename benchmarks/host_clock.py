@@ -18,6 +18,22 @@ from collections import defaultdict
 from typing import Any, Callable
 
 
+def replace_attribute(owner: Any, attr: str, make: Callable[[Callable[..., Any]], Callable[..., Any]]) -> Callable[[], None]:
+    """Set `owner.attr` (an instance's or a class's callable) to `make(current)`; returns the undo,
+    which puts the original back (or removes an instance attribute that was not there)."""
+    had_own = attr in vars(owner)
+    original: Callable[..., Any] = vars(owner)[attr] if had_own else getattr(owner, attr)
+    setattr(owner, attr, make(original))
+
+    def undo() -> None:
+        if had_own:
+            setattr(owner, attr, original)
+        else:
+            delattr(owner, attr)
+
+    return undo
+
+
 class HostClock:
     """Accumulates host seconds per wrapped callable and thread ("main" or "worker"), step by step."""
 
@@ -26,24 +42,22 @@ class HostClock:
         self._current: dict[str, float] = defaultdict(float)
         self._calls: dict[str, int] = defaultdict(int)
         self._steps: list[dict[str, float]] = []
-        self._originals: list[tuple[Any, str, Any, bool]] = []
+        self._undo: list[Callable[[], None]] = []
 
     def wrap(self, owner: Any, attr: str, name: str | None = None) -> None:
         """Replace `owner.attr` (an instance's or a class's callable) by a timed call of it."""
         label = name or attr
-        had_own = attr in vars(owner)
-        original: Callable[..., Any] = vars(owner)[attr] if had_own else getattr(owner, attr)
-        clock = self
 
-        def timed(*args: Any, **kwargs: Any) -> Any:
-            begin = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                clock._add(label, time.perf_counter() - begin)
+        def timing(original: Callable[..., Any]) -> Callable[..., Any]:
+            def timed(*args: Any, **kwargs: Any) -> Any:
+                begin = time.perf_counter()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    self._add(label, time.perf_counter() - begin)
+            return timed
 
-        setattr(owner, attr, timed)
-        self._originals.append((owner, attr, original, had_own))
+        self._undo.append(replace_attribute(owner, attr, timing))
 
     def _add(self, label: str, seconds: float) -> None:
         thread = "main" if threading.current_thread() is threading.main_thread() else "worker"
@@ -69,9 +83,5 @@ class HostClock:
 
     def restore(self) -> None:
         """Put every wrapped callable back (instance attributes that were not there are removed)."""
-        while self._originals:
-            owner, attr, original, had_own = self._originals.pop()
-            if had_own:
-                setattr(owner, attr, original)
-            else:
-                delattr(owner, attr)
+        while self._undo:
+            self._undo.pop()()

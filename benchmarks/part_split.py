@@ -22,6 +22,7 @@ import sys
 from collections import Counter, defaultdict
 from typing import Any, Iterator
 
+from host_clock import replace_attribute
 from trace_gaps import GPU_CATEGORIES, LAUNCH_CATEGORIES, load_trace
 
 PART_PREFIX = "part:"
@@ -46,25 +47,23 @@ def part(name: str) -> contextlib.AbstractContextManager:
 def annotate(calls: list[tuple[Any, str, str]]) -> Iterator[None]:
     """Run each `owner.attr` (a compiled region set on an instance) inside `part(name)` while the block
     runs, then put the attributes back as they were."""
-    originals = []
+    undo = []
+
+    def labelled(name: str):
+        def make(original: Any) -> Any:
+            def annotated(*args: Any, **kwargs: Any) -> Any:
+                with part(name):
+                    return original(*args, **kwargs)
+            return annotated
+        return make
+
     try:
         for owner, attr, name in calls:
-            had_own = attr in vars(owner)
-            original = getattr(owner, attr)
-
-            def annotated(*args: Any, _original: Any = original, _name: str = name, **kwargs: Any) -> Any:
-                with part(_name):
-                    return _original(*args, **kwargs)
-
-            setattr(owner, attr, annotated)
-            originals.append((owner, attr, original, had_own))
+            undo.append(replace_attribute(owner, attr, labelled(name)))
         yield
     finally:
-        for owner, attr, original, had_own in reversed(originals):
-            if had_own:
-                setattr(owner, attr, original)
-            else:
-                delattr(owner, attr)
+        for step in reversed(undo):
+            step()
 
 
 class HostScopes:
