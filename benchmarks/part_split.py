@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import sys
 from collections import Counter, defaultdict
 from typing import Any, Iterator
 
 from host_clock import replace_attribute
-from trace_gaps import GPU_CATEGORIES, LAUNCH_CATEGORIES, load_trace
+from trace_gaps import GPU_CATEGORIES, LAUNCH_CATEGORIES, print_trace_analysis
 
 PART_PREFIX = "part:"
 BACKWARD_SCOPE = "autograd::engine::evaluate_function: "
@@ -163,14 +161,7 @@ def main() -> int:
     parser.add_argument("trace")
     parser.add_argument("--steps", type=int, default=2, help="training steps the trace covers (the result is per step)")
     args = parser.parse_args()
-    try:
-        trace = load_trace(args.trace)
-    except (OSError, ValueError) as exc:
-        print(f"cannot read trace {args.trace}: {exc}", file=sys.stderr)
-        return 2
-    json.dump(gpu_ms_by_part(trace, args.steps), sys.stdout, indent=1)
-    print()
-    return 0
+    return print_trace_analysis(args.trace, lambda trace: gpu_ms_by_part(trace, args.steps))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import gzip
 import json
 import sys
 from collections import defaultdict
-from typing import Any
+from typing import Any, Callable
 
 GPU_CATEGORIES = ("kernel", "gpu_memcpy", "gpu_memset")
 LAUNCH_CATEGORIES = ("cuda_runtime", "cuda_driver")
@@ -81,12 +81,18 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=8)
     parser.add_argument("--min-ms", type=float, default=1.0)
     args = parser.parse_args()
+    return print_trace_analysis(args.trace, lambda trace: explain_gaps(trace, args.top, args.min_ms))
+
+
+def print_trace_analysis(path: str, analyse: Callable[[dict[str, Any]], Any]) -> int:
+    """The command-line end of a trace script: analyse the trace at `path` and print the result as
+    JSON (exit 0), or say why the trace cannot be read (exit 2)."""
     try:
-        trace = load_trace(args.trace)
+        trace = load_trace(path)
     except (OSError, ValueError) as exc:
-        print(f"cannot read trace {args.trace}: {exc}", file=sys.stderr)
+        print(f"cannot read trace {path}: {exc}", file=sys.stderr)
         return 2
-    json.dump(explain_gaps(trace, args.top, args.min_ms), sys.stdout, indent=1)
+    json.dump(analyse(trace), sys.stdout, indent=1)
     print()
     return 0
 
