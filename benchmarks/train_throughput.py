@@ -152,15 +152,19 @@ def emit(record: dict, json_path: str | None) -> None:
 # profiled steps label the step's phases and the compiled regions as model parts (part_split.py); the
 # forward outside the regions (instance bank, denoising, anchors, the matching's start) is the head's
 PHASE_PARTS = {"data": "data", "forward_total": "head", "loss": "loss", "optimizer": "optimizer"}
-REGION_PARTS = (("encode_images", "backbone_neck"), ("decoder_layer", "head"), ("decoder_losses", "loss"), ("matching_costs", "loss"))
+REGION_PARTS = {"encode_images": "backbone_neck", "decoder_layer": "head", "decoder_losses": "loss", "matching_costs": "loss"}
+HEAD_REGIONS = ("decoder_layer", "prepare_levels")  # set on model.head; the others on the model
+
+
+def region_owner(model: Sparse4D, attr: str) -> object:
+    return model.head if attr in HEAD_REGIONS else model
 
 
 def compiled_regions(model: Sparse4D) -> list[tuple[object, str]]:
     """(owner, attribute) of the functions compile_regions compiled. Only those may be wrapped: a
     Python wrapper around a function that runs inside a region (`prepare_levels` inside
     `encode_images`) is traced into that region, breaks its graph and recompiles it every step."""
-    candidates = ((model, "encode_images"), (model.head, "decoder_layer"), (model, "decoder_losses"), (model, "matching_costs"),
-                  (model.head, "prepare_levels"))
+    candidates = [(region_owner(model, attr), attr) for attr in (*REGION_PARTS, "prepare_levels")]
     return [(owner, attr) for owner, attr in candidates if hasattr(vars(owner).get(attr), "_torchdynamo_orig_callable")]
 
 
@@ -172,7 +176,7 @@ def is_gpu_range(name: str) -> bool:
 
 def region_parts(model: Sparse4D) -> list[tuple[object, str, str]]:
     """(owner, attribute, part) of the model's regions for part_split.annotate."""
-    return [(model.head if attr == "decoder_layer" else model, attr, name) for attr, name in REGION_PARTS]
+    return [(region_owner(model, attr), attr, name) for attr, name in REGION_PARTS.items()]
 
 
 class Timeline:
@@ -564,31 +568,28 @@ def main() -> int:
         train_step(step)
         splits.append(timeline.collect())
     timeline.enabled = False
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for step in range(args.warmup + 100, args.warmup + 100 + args.steps):
-        train_step(step)
-    torch.cuda.synchronize()
-    step_ms = (time.perf_counter() - start) * 1000 / args.steps
+
+    def timed_block(first: int) -> float:
+        """Wall-clock ms per step of steps first .. first + args.steps - 1."""
+        torch.cuda.synchronize()
+        begin = time.perf_counter()
+        for step in range(first, first + args.steps):
+            train_step(step)
+        torch.cuda.synchronize()
+        return (time.perf_counter() - begin) * 1000 / args.steps
+
+    step_ms = timed_block(args.warmup + 100)
     ab_blocks = None
     if ab_graphed_step is not None:  # same process, same compiled model: base and graphed blocks alternate
-        def timed_block(first: int) -> float:
-            torch.cuda.synchronize()
-            begin = time.perf_counter()
-            for step in range(first, first + args.steps):
-                train_step(step)
-            torch.cuda.synchronize()
-            return round((time.perf_counter() - begin) * 1000 / args.steps, 2)
-
         ab_blocks = {"base_ms": [round(step_ms, 2)], "graphed_optimizer_ms": []}
         active["graphed"] = ab_graphed_step
         for step in range(3000, 3003):  # its eager first step, the capture, a first replay
             train_step(step)
         for block in range(2):
             active["graphed"] = ab_graphed_step
-            ab_blocks["graphed_optimizer_ms"].append(timed_block(3100 + 200 * block))
+            ab_blocks["graphed_optimizer_ms"].append(round(timed_block(3100 + 200 * block), 2))
             active["graphed"] = graphed_step
-            ab_blocks["base_ms"].append(timed_block(3200 + 200 * block))
+            ab_blocks["base_ms"].append(round(timed_block(3200 + 200 * block), 2))
         ab_blocks["graphed_eager_steps"] = ab_graphed_step.eager_steps
     peak_gb = torch.cuda.max_memory_allocated() / 1e9  # since the reset after warm-up: CUDA-graph pools allocated while warming up are not in it
     reserved_gb = torch.cuda.memory_reserved() / 1e9  # everything the caching allocator holds now, graph pools included
