@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -84,6 +85,15 @@ def test_replays_match_eager_clip_and_adamw() -> None:
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def adamw_config() -> SimpleNamespace:
+    """A `train.optim` section: AdamW, clip at 0.5 (active on TinyDetector every step), a backbone
+    lr multiplier, a 4-step warmup then cosine decay."""
+    return SimpleNamespace(type="adamw", lr=0.01, weight_decay=0.01, momentum=0.0,
+                           grad_clip=SimpleNamespace(max_norm=0.5, norm_type="L2"),
+                           paramwise_cfg=SimpleNamespace(custom_keys=SimpleNamespace(img_backbone=SimpleNamespace(lr_mult=0.1))),
+                           lr_scheduler=SimpleNamespace(warmup_iters=4, warmup_ratio=0.1, min_lr_ratio=0.01))
+
+
 class TinyDetector(torch.nn.Module):
     """The model interface Sparse4DLightning trains: forward(batch) -> outputs, loss(outputs, batch)."""
 
@@ -103,17 +113,12 @@ def test_the_trainer_with_the_graphed_step_trains_like_lightnings_own_step() -> 
     """Sparse4DLightning(graphed_optimizer=True) on the CPU (every step eager): the same weights as
     Lightning's optimizer step with its gradient clipping, the warmup schedule applied through the
     rate tensors, Lightning's clipping hook never called (the graphed step clips), no gradient left."""
-    from types import SimpleNamespace
-
     import pytorch_lightning as pl
 
     from sparse4d.engine.lightning_module import Sparse4DLightning
     from sparse4d.engine.optim import lr_factor
 
-    optim = SimpleNamespace(type="adamw", lr=0.01, weight_decay=0.01, momentum=0.0,
-                            grad_clip=SimpleNamespace(max_norm=0.5, norm_type="L2"),
-                            paramwise_cfg=SimpleNamespace(custom_keys=SimpleNamespace(img_backbone=SimpleNamespace(lr_mult=0.1))),
-                            lr_scheduler=SimpleNamespace(warmup_iters=4, warmup_ratio=0.1, min_lr_ratio=0.01))
+    optim = adamw_config()
     torch.manual_seed(0)
     data = [{"img": torch.randn(2, 1, 3, 2, 2)} for _ in range(9)]
     initial = TinyDetector()
@@ -143,12 +148,9 @@ def test_the_trainer_with_the_graphed_step_trains_like_lightnings_own_step() -> 
 
 
 def test_the_graphed_step_refuses_fp16_whose_gradients_need_unscaling() -> None:
-    from types import SimpleNamespace
-
     from sparse4d.engine.lightning_module import Sparse4DLightning
 
-    optim = SimpleNamespace(type="adamw", lr=0.01, weight_decay=0.0, grad_clip=SimpleNamespace(max_norm=1.0, norm_type="L2"),
-                            paramwise_cfg=SimpleNamespace(custom_keys=SimpleNamespace(img_backbone=SimpleNamespace(lr_mult=1.0))))
+    optim = adamw_config()
     module = Sparse4DLightning(TinyDetector(), optim, total_steps=4, graphed_optimizer=True)
     module._trainer = SimpleNamespace(precision="16-mixed")  # what Lightning attaches before configure_optimizers
     with pytest.raises(ValueError, match="does not unscale fp16"):
@@ -156,8 +158,6 @@ def test_the_graphed_step_refuses_fp16_whose_gradients_need_unscaling() -> None:
 
 
 def test_a_graphed_step_needs_adam_or_adamw() -> None:
-    from types import SimpleNamespace
-
     from sparse4d.engine.optim import build_optimizer
 
     sgd = SimpleNamespace(type="sgd", lr=0.01, weight_decay=0.0, momentum=0.9,
@@ -170,15 +170,11 @@ def test_a_graphed_step_needs_adam_or_adamw() -> None:
 def test_the_trainer_captures_and_replays_the_graphed_step_on_a_gpu() -> None:
     """Lightning bf16-mixed on CUDA: the graphed run captures once, replays, and ends where Lightning's
     own clip + AdamW ends."""
-    from types import SimpleNamespace
-
     import pytorch_lightning as pl
 
     from sparse4d.engine.lightning_module import Sparse4DLightning
 
-    optim = SimpleNamespace(type="adamw", lr=0.01, weight_decay=0.01, grad_clip=SimpleNamespace(max_norm=0.5, norm_type="L2"),
-                            paramwise_cfg=SimpleNamespace(custom_keys=SimpleNamespace(img_backbone=SimpleNamespace(lr_mult=0.1))),
-                            lr_scheduler=SimpleNamespace(warmup_iters=4, warmup_ratio=0.1, min_lr_ratio=0.01))
+    optim = adamw_config()
     torch.manual_seed(0)
     data = [{"img": torch.randn(2, 1, 3, 2, 2)} for _ in range(12)]
     initial = TinyDetector()
