@@ -414,6 +414,12 @@ def main() -> int:
     parser.add_argument("--ab-graphed-optimizer", action="store_true",
                         help="after the timed steps, alternate blocks of --steps steps with the graphed clip + AdamW and with the "
                              "base optimizer in the same process (one compilation for both; result under ab_graphed_optimizer)")
+    parser.add_argument("--anchor-encoder", choices=("stacked", "branches"), default="stacked",
+                        help="the anchor encoder's training path: its four MLPs stacked side by side (block-diagonal Linears, "
+                             "per-segment LayerNorms; the default since session 14) or one after another (before)")
+    parser.add_argument("--ab-anchor-encoder", action="store_true",
+                        help="after the timed steps, alternate blocks of --steps steps with the other --anchor-encoder path and with "
+                             "this one in the same process (the decoder layer compiles once per path; result under ab_anchor_encoder)")
     parser.add_argument("--auto-gc", action="store_true",
                         help="keep Python's automatic garbage collection on (before session 12; the trainer now pauses it and "
                              "collects the young generation every 50 steps)")
@@ -447,6 +453,8 @@ def main() -> int:
     real.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     real.add_argument("--smoke", action="store_true", help="tiny: 2 cameras, 256x128, the small config, a few steps (runs on CPU)")
     args = parser.parse_args()
+    if args.ab_anchor_encoder and args.ab_graphed_optimizer:
+        parser.error("--ab-anchor-encoder and --ab-graphed-optimizer: one A/B per run")
     if args.data == "real":
         return real_main(args)
     if not torch.cuda.is_available():
@@ -463,6 +471,12 @@ def main() -> int:
     model = Sparse4D.from_config(cfg, NUM_CLASSES, anchors=scene_anchors(cfg.head.instance_bank.num_anchor)).to(device).train()
     if not args.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
+    encoder = model.head.anchor_encoder
+    encoder.stack_branches = args.anchor_encoder == "stacked"
+    if args.ab_anchor_encoder:  # both paths' decoder-layer variants must stay compiled side by side
+        for limit in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, limit):
+                setattr(torch._dynamo.config, limit, max(32, getattr(torch._dynamo.config, limit)))
     train_cfg = TrainConfig()
     max_norm = float(train_cfg.optim.grad_clip.max_norm)
     graphed_step = None
@@ -591,6 +605,16 @@ def main() -> int:
             active["graphed"] = graphed_step
             ab_blocks["base_ms"].append(round(timed_block(3200 + 200 * block), 2))
         ab_blocks["graphed_eager_steps"] = ab_graphed_step.eager_steps
+    if args.ab_anchor_encoder:  # same process: blocks with the other encoder path and this one alternate
+        this, other = args.anchor_encoder, "branches" if args.anchor_encoder == "stacked" else "stacked"
+        ab_blocks = {f"{this}_ms": [round(step_ms, 2)], f"{other}_ms": []}
+        for block in range(2):
+            encoder.stack_branches = other == "stacked"
+            for step in range(4000 + 200 * block, 4000 + 200 * block + args.warmup):  # the other path compiles/records here
+                train_step(step)
+            ab_blocks[f"{other}_ms"].append(round(timed_block(4100 + 200 * block), 2))
+            encoder.stack_branches = this == "stacked"
+            ab_blocks[f"{this}_ms"].append(round(timed_block(4150 + 200 * block), 2))
     peak_gb = torch.cuda.max_memory_allocated() / 1e9  # since the reset after warm-up: CUDA-graph pools allocated while warming up are not in it
     reserved_gb = torch.cuda.memory_reserved() / 1e9  # everything the caching allocator holds now, graph pools included
 
@@ -696,7 +720,7 @@ def main() -> int:
         "gpu": name, "torch": torch.__version__, "batch": args.batch, "cameras": CAMERAS, "input": f"{WIDTH}x{HEIGHT}",
         "precision": "fp32" if args.fp32 else "bf16-autocast", "channels_last": not args.no_channels_last,
         "features_channels_last": feats_channels_last, "aggregation": "fused-triton" if fused else "grid_sample",
-        "pixel_backward": fused_aggregation.PIXEL_BACKWARD, "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "graphed_optimizer": args.graphed_optimizer, "losses_without_graphs": args.losses_without_graphs, "auto_gc": args.auto_gc, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
+        "pixel_backward": fused_aggregation.PIXEL_BACKWARD, "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "graphed_optimizer": args.graphed_optimizer, "losses_without_graphs": args.losses_without_graphs, "auto_gc": args.auto_gc, "anchor_encoder": args.anchor_encoder, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
         "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
         "images_per_s": round(args.batch * CAMERAS * 1000 / step_ms, 1),
         "step_tflop": round(step_flops / 1e12, 3),
@@ -714,7 +738,7 @@ def main() -> int:
     if host_timeline:
         record["host_timeline_ms_median"] = host_timeline
     if ab_blocks:
-        record["ab_graphed_optimizer"] = ab_blocks
+        record["ab_anchor_encoder" if args.ab_anchor_encoder else "ab_graphed_optimizer"] = ab_blocks
     emit(record, args.json)
     print(f"\n{name}: {record['samples_per_s']} samples/s ({record['step_ms']} ms/step, batch {args.batch}), "
           f"MFU {record['mfu']}, peak {record['peak_memory_gb']} GB, backbone+neck-only {record['backbone_neck_only_step_ms']} ms "

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from sparse4d.batch import ANCHOR_COS, ANCHOR_H, ANCHOR_SIN, ANCHOR_VX, ANCHOR_W
 
 from .blocks import linear_relu_ln
+from .grouped_branches import BranchLayout
 
 
 class AnchorEncoder(nn.Module):
@@ -19,7 +20,11 @@ class AnchorEncoder(nn.Module):
     parameters as one tensor (`flat_parameters`, once per step): autograd then sums the layers'
     gradients for that one tensor, one kernel per extra layer, where it would add each of the 64
     parameter tensors separately (about 320 small kernels per step at the default config, issued
-    eagerly between the compiled decoder-layer regions).
+    eagerly between the compiled decoder-layer regions). That tensor holds the four MLPs stacked side
+    by side (`grouped_branches`): block-diagonal Linears and per-segment LayerNorms, so each loop is
+    one GEMM and one normalisation instead of four (`stack_branches = False`: the four MLPs one after
+    another, from the same tensor concatenated in parameter order; for A/B measurements). Inference
+    (export, quantized weights) runs the modules themselves; the state dict is the modules' either way.
     """
 
     def __init__(
@@ -52,13 +57,38 @@ class AnchorEncoder(nn.Module):
         else:
             out_dims = pos
         self.output_fc = nn.Sequential(*linear_relu_ln(out_dims, in_loops, out_loops)) if output_fc else None
+        self.stacked = BranchLayout([branch for _, branch in self._branches()])
+        self.stack_branches = True
+        self.input_columns = self._input_columns()
+
+    def _branches(self) -> list[tuple[str, nn.Sequential]]:
+        names = ("pos_fc", "size_fc", "yaw_fc", "vel_fc")
+        return [(name, getattr(self, name)) for name in names if getattr(self, name) is not None]
+
+    def _input_columns(self) -> list[int]:
+        """The anchor values the branches embed, branch after branch (the stacked stack's input)."""
+        columns = {
+            "pos_fc": [0, 1, 2],
+            "size_fc": list(range(ANCHOR_W, ANCHOR_H + 1)),
+            "yaw_fc": [ANCHOR_SIN, ANCHOR_COS],
+            "vel_fc": list(range(ANCHOR_VX, ANCHOR_VX + self.vel_dims)),
+        }
+        return [column for name, _ in self._branches() for column in columns[name]]
 
     def flat_parameters(self) -> Tensor:
-        """All parameters concatenated, in `named_parameters` order: the `params` of `forward`."""
-        return torch.cat([p.reshape(-1) for p in self.parameters()])
+        """All parameters as one tensor, the branches stacked (`BranchLayout`) and then the output
+        MLP's in order: the `params` of `forward`. With `stack_branches` off: every parameter in order."""
+        if not self.stack_branches:
+            return torch.cat([p.reshape(-1) for p in self.parameters()])
+        stacked = self.stacked.to_stacked(torch.cat([p.reshape(-1) for _, branch in self._branches() for p in branch.parameters()]))
+        if self.output_fc is None:
+            return stacked
+        return torch.cat([stacked, *(p.reshape(-1) for p in self.output_fc.parameters())])
 
     def forward(self, anchor: Tensor, params: Tensor | None = None) -> Tensor:
         """Embed (..., 11) anchors; `params` (from `flat_parameters`) replaces the module's own."""
+        if params is not None and self.stack_branches:
+            return self._stacked_forward(anchor, params)
         named = None if params is None else self._unflatten(params)
 
         def mlp(name: str, x: Tensor) -> Tensor:
@@ -82,6 +112,25 @@ class AnchorEncoder(nn.Module):
         if params.shape != (sum(sizes),):
             raise ValueError(f"params has shape {tuple(params.shape)}, the encoder's parameters are {sum(sizes)} values: use flat_parameters()")
         return {name: chunk.view(shape) for (name, shape), chunk in zip(shapes, params.split(sizes))}
+
+    def _stacked_forward(self, anchor: Tensor, params: Tensor) -> Tensor:
+        stacked_size = self.stacked.index.numel()
+        tail = [p.shape for p in self.output_fc.parameters()] if self.output_fc is not None else []
+        expected = stacked_size + sum(shape.numel() for shape in tail)
+        if params.shape != (expected,):
+            raise ValueError(f"params has shape {tuple(params.shape)}, the encoder's parameters are {expected} values: use flat_parameters()")
+        columns = self.input_columns
+        contiguous = columns == list(range(len(columns)))
+        x = anchor[..., : len(columns)] if contiguous else anchor[..., columns]
+        out = self.stacked(x, params[:stacked_size])
+        if self.mode == "add":
+            out = out.unflatten(-1, (len(self.stacked.widths), -1)).sum(-2)
+        if self.output_fc is None:
+            return out
+        sizes = [shape.numel() for shape in tail]
+        named = {f"output_fc.{name}": chunk.view(p.shape) for (name, p), chunk in zip(self.output_fc.named_parameters(), params[stacked_size:].split(sizes))}
+        return run_mlp(self.output_fc, "output_fc", out, named)
+
 
 
 def run_mlp(layers: nn.Sequential, prefix: str, x: Tensor, params: dict[str, Tensor] | None) -> Tensor:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ["kernel", "train", "ab --graphed-optimizer", "ab --losses-without-graphs", "ab-graphed", "trainer-ab --graphed-optimizer"]
+STAGES = ["kernel", "train", "ab --graphed-optimizer", "ab --losses-without-graphs", "ab-graphed", "ab --anchor-encoder branches",
+          "ab-anchor-encoder", "trainer-ab --graphed-optimizer"]
 
 
 def planned_commands(stage: str, tmp_path: Path) -> list[list[str]]:

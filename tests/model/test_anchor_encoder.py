@@ -1,4 +1,5 @@
-"""The anchor encoder's one-tensor parameter path: same values and gradients, far fewer gradient adds."""
+"""The anchor encoder's one-tensor parameter path: same values and gradients as the modules, far fewer
+gradient adds, and its four MLPs stacked side by side (one GEMM and one normalisation per loop)."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,44 +16,94 @@ def anchors(rows: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(random_anchors(rows, seed)) + 0.1 * torch.randn(rows, 11, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("mode,output_fc", [("cat", False), ("add", True)])
-def test_flat_parameters_give_the_same_embedding_and_gradients(mode: str, output_fc: bool) -> None:
+@pytest.mark.parametrize(
+    "mode,output_fc,in_loops,vel_dims,stack",
+    [("cat", False, 1, 3, True), ("add", True, 2, 3, True), ("cat", True, 1, 0, True), ("cat", False, 1, 2, True),
+     ("cat", False, 1, 3, False), ("add", True, 2, 3, False)],
+)
+def test_flat_parameters_give_the_same_embedding_and_gradients(mode: str, output_fc: bool, in_loops: int, vel_dims: int, stack: bool) -> None:
+    """In float64 the stacked branches equal the modules to rounding: same LayerNorm per branch, zero
+    blocks that add nothing, and each parameter's gradient gathered back from its one place. So does
+    the unstacked one-tensor path (`stack_branches` off)."""
     torch.manual_seed(0)
     dims = [32, 8, 8, 16] if mode == "cat" else [32] * 4
-    encoder = AnchorEncoder(dims, mode=mode, output_fc=output_fc, out_loops=2)
-    inputs = [anchors(20, seed) for seed in range(6)]  # six "decoder layers" share the encoder
+    encoder = AnchorEncoder(dims, vel_dims=vel_dims, mode=mode, output_fc=output_fc, in_loops=in_loops, out_loops=2).double()
+    encoder.stack_branches = stack
+    inputs = [anchors(20, seed).double() for seed in range(6)]  # six "decoder layers" share the encoder
 
     def grads(flat: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         encoder.zero_grad(set_to_none=True)
         params = encoder.flat_parameters() if flat else None
         out = torch.stack([encoder(x, params) for x in inputs])
-        (out * torch.linspace(-1, 1, out.shape[-1])).square().sum().backward()
+        (out * torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)).square().sum().backward()
         return out.detach(), [p.grad.clone() for p in encoder.parameters()]
 
     out_module, grads_module = grads(False)
     out_flat, grads_flat = grads(True)
-    torch.testing.assert_close(out_flat, out_module, rtol=0, atol=0)
+    assert out_flat.dtype == out_module.dtype == torch.float64
+    torch.testing.assert_close(out_flat, out_module, rtol=1e-12, atol=1e-12)
     for (name, _), a, b in zip(encoder.named_parameters(), grads_flat, grads_module):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10, msg=name)
 
 
-def test_flat_parameters_sum_gradients_once_per_use_not_per_parameter() -> None:
+def test_float32_stacked_path_matches_under_autocast_dtypes() -> None:
+    """float32: same values to float32 rounding, and float32 out (what autocast's layer_norm gives)."""
+    torch.manual_seed(0)
+    encoder = AnchorEncoder([32, 8, 8, 16], out_loops=4)
+    x = anchors(50, 1)
+    stacked, module = encoder(x, encoder.flat_parameters()), encoder(x)
+    assert stacked.dtype == module.dtype == torch.float32
+    torch.testing.assert_close(stacked, module, rtol=1e-4, atol=1e-5)
+
+
+def count_ops(fn, ops: tuple) -> tuple[int, int]:
+    """(calls of `ops` in fn's forward, in its backward)."""
+    with RecordOps() as forward:
+        loss = fn()
+    with RecordOps() as backward:
+        loss.backward()
+    return tuple(sum(func.overloadpacket in ops for func, _, _ in rec.calls) for rec in (forward, backward))
+
+
+def test_stacked_branches_run_one_gemm_and_no_per_branch_layer_norm_per_loop() -> None:
+    """The default encoder's 4 MLPs x 4 loops: 16 GEMMs and 16 LayerNorms per call as modules; one
+    block-diagonal GEMM per loop (4) and no LayerNorm kernel per branch when stacked."""
+    torch.manual_seed(0)
+    encoder = AnchorEncoder([128, 32, 32, 64], out_loops=4)
+    x = anchors(30, 2)
+    gemms = (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm)
+    norms = (torch.ops.aten.native_layer_norm, torch.ops.aten.native_layer_norm_backward)
+    assert count_ops(lambda: encoder(x).sum(), gemms)[0] == 16
+    assert count_ops(lambda: encoder(x).sum(), norms) == (16, 16)
+    flat = lambda: encoder(x, encoder.flat_parameters()).sum()  # noqa: E731
+    forward_gemms, backward_gemms = count_ops(flat, gemms)
+    assert forward_gemms == 4
+    assert backward_gemms <= 2 * 4  # input and weight gradients of each stacked Linear
+    assert count_ops(flat, norms) == (0, 0)
+
+
+@pytest.mark.parametrize("stack", [True, False])
+def test_flat_parameters_sum_gradients_once_per_use_not_per_parameter(stack: bool) -> None:
     torch.manual_seed(0)
     encoder = AnchorEncoder([32, 8, 8, 16], out_loops=4)  # the default's 4 MLPs x 4 loops: 64 parameter tensors
+    encoder.stack_branches = stack
+    parameter_shapes = {tuple(p.shape) for p in encoder.parameters()}
     assert len(list(encoder.parameters())) == 64
     inputs = [anchors(20, seed) for seed in range(6)]
 
-    def adds(flat: bool) -> int:
+    def adds(flat: bool) -> tuple[int, int]:
+        """(adds into parameter-shaped tensors, adds into the one flat tensor) in the backward."""
         params = encoder.flat_parameters() if flat else None
         loss = sum(encoder(x, params).sum() for x in inputs)
         with RecordOps() as ops:
             loss.backward()
         encoder.zero_grad(set_to_none=True)
-        return sum(func.overloadpacket in (torch.ops.aten.add, torch.ops.aten.add_) for func, _, _ in ops.calls)
+        shapes = [tuple(args[0].shape) for func, args, _ in ops.calls if func.overloadpacket in (torch.ops.aten.add, torch.ops.aten.add_)]
+        flat_shape = tuple(params.shape) if params is not None else None
+        return sum(shape in parameter_shapes for shape in shapes), sum(shape == flat_shape for shape in shapes)
 
-    module_adds, flat_adds = adds(False), adds(True)
-    assert module_adds >= 64 * 5  # every parameter summed over six uses
-    assert flat_adds <= module_adds - 64 * 5 + 5  # one buffer summed over six uses
+    assert adds(False)[0] >= 64 * 5  # every parameter summed over six uses
+    assert adds(True) == (0, 5)  # one buffer summed over six uses
 
 
 def test_wrong_flat_parameters_are_a_clear_error() -> None:
@@ -93,4 +144,5 @@ def test_training_head_uses_one_parameter_tensor_and_matches_the_module_path(tmp
         assert grads_flat.keys() == grads_module.keys()
         assert any(name.startswith("head.anchor_encoder.") for name in grads_flat)
         for name in grads_flat:
-            torch.testing.assert_close(grads_flat[name], grads_module[name], rtol=1e-5, atol=1e-7, msg=name)
+            scale = float(grads_module[name].abs().max())
+            torch.testing.assert_close(grads_flat[name], grads_module[name], rtol=1e-3, atol=1e-4 * scale, msg=name)
