@@ -414,9 +414,10 @@ def main() -> int:
     parser.add_argument("--ab-graphed-optimizer", action="store_true",
                         help="after the timed steps, alternate blocks of --steps steps with the graphed clip + AdamW and with the "
                              "base optimizer in the same process (one compilation for both; result under ab_graphed_optimizer)")
-    parser.add_argument("--anchor-encoder", choices=("stacked", "branches"), default="stacked",
+    parser.add_argument("--anchor-encoder", choices=("stacked", "branches"), default=None,
                         help="the anchor encoder's training path: its four MLPs stacked side by side (block-diagonal Linears, "
-                             "per-segment LayerNorms; the default since session 14) or one after another (before)")
+                             "per-segment LayerNorms; what --compile does since session 14) or one after another (eager runs, and "
+                             "--compile before); default: what the run's compilation sets")
     parser.add_argument("--ab-anchor-encoder", action="store_true",
                         help="after the timed steps, alternate blocks of --steps steps with the other --anchor-encoder path and with "
                              "this one in the same process (the decoder layer compiles once per path; result under ab_anchor_encoder)")
@@ -472,7 +473,6 @@ def main() -> int:
     if not args.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
     encoder = model.head.anchor_encoder
-    encoder.stack_branches = args.anchor_encoder == "stacked"
     if args.ab_anchor_encoder:  # both paths' decoder-layer variants must stay compiled side by side
         for limit in ("recompile_limit", "cache_size_limit"):
             if hasattr(torch._dynamo.config, limit):
@@ -516,6 +516,9 @@ def main() -> int:
         mode = None if args.compile_mode == "default" else args.compile_mode
         model.backbone.compile(mode=mode)
         model.neck.compile(mode=mode)
+    if args.anchor_encoder is not None:  # after compile_regions, which stacks the branches
+        encoder.stack_branches = args.anchor_encoder == "stacked"
+    anchor_path = "stacked" if encoder.stack_branches else "branches"
     timeline = Timeline()
     if not (args.compile or args.compile_backbone):  # the timing hooks would be traced into the compiled regions
         instrument(model, timeline)
@@ -606,7 +609,7 @@ def main() -> int:
             ab_blocks["base_ms"].append(round(timed_block(3200 + 200 * block), 2))
         ab_blocks["graphed_eager_steps"] = ab_graphed_step.eager_steps
     if args.ab_anchor_encoder:  # same process: blocks with the other encoder path and this one alternate
-        this, other = args.anchor_encoder, "branches" if args.anchor_encoder == "stacked" else "stacked"
+        this, other = anchor_path, "branches" if anchor_path == "stacked" else "stacked"
         ab_blocks = {f"{this}_ms": [round(step_ms, 2)], f"{other}_ms": []}
         for block in range(2):
             encoder.stack_branches = other == "stacked"
@@ -720,7 +723,7 @@ def main() -> int:
         "gpu": name, "torch": torch.__version__, "batch": args.batch, "cameras": CAMERAS, "input": f"{WIDTH}x{HEIGHT}",
         "precision": "fp32" if args.fp32 else "bf16-autocast", "channels_last": not args.no_channels_last,
         "features_channels_last": feats_channels_last, "aggregation": "fused-triton" if fused else "grid_sample",
-        "pixel_backward": fused_aggregation.PIXEL_BACKWARD, "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "graphed_optimizer": args.graphed_optimizer, "losses_without_graphs": args.losses_without_graphs, "auto_gc": args.auto_gc, "anchor_encoder": args.anchor_encoder, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
+        "pixel_backward": fused_aggregation.PIXEL_BACKWARD, "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "graphed_optimizer": args.graphed_optimizer, "losses_without_graphs": args.losses_without_graphs, "auto_gc": args.auto_gc, "anchor_encoder": anchor_path, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
         "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
         "images_per_s": round(args.batch * CAMERAS * 1000 / step_ms, 1),
         "step_tflop": round(step_flops / 1e12, 3),

@@ -45,6 +45,7 @@ def compile_regions(model: nn.Module, mode: str | None = None, backbone: bool = 
     else:
         head.prepare_levels = torch.compile(head.prepare_levels, **options)
     head.decoder_layer = torch.compile(head.decoder_layer, **options)
+    head.anchor_encoder.stack_branches = True  # 4 fused GEMM + norm loops instead of 16 (pays only compiled)
     model.decoder_losses = torch.compile(model.decoder_losses, **(options if graphed_losses else no_graphs))
     # no CUDA graph for the matching costs: its output goes straight to the host, and one fused kernel
     # launch costs the host less than a graph replay's checks and copies

@@ -20,11 +20,14 @@ class AnchorEncoder(nn.Module):
     parameters as one tensor (`flat_parameters`, once per step): autograd then sums the layers'
     gradients for that one tensor, one kernel per extra layer, where it would add each of the 64
     parameter tensors separately (about 320 small kernels per step at the default config, issued
-    eagerly between the compiled decoder-layer regions). That tensor holds the four MLPs stacked side
-    by side (`grouped_branches`): block-diagonal Linears and per-segment LayerNorms, so each loop is
-    one GEMM and one normalisation instead of four (`stack_branches = False`: the four MLPs one after
-    another, from the same tensor concatenated in parameter order; for A/B measurements). Inference
-    (export, quantized weights) runs the modules themselves; the state dict is the modules' either way.
+    eagerly between the compiled decoder-layer regions). With `stack_branches` (set by
+    `engine.compile.compile_regions`) that tensor holds the four MLPs stacked side by side
+    (`grouped_branches`): block-diagonal Linears and per-segment LayerNorms, so each loop is one GEMM
+    and one fused normalisation instead of four of each. That pays only compiled: run eagerly, the
+    per-segment LayerNorm is a dozen ops and the block-diagonal GEMMs do 3x the work (5x slower on a
+    CPU), so eagerly the four MLPs run one after another from the tensor concatenated in parameter
+    order. Inference (export, quantized weights) runs the modules themselves; the state dict is the
+    modules' either way.
     """
 
     def __init__(
@@ -58,7 +61,7 @@ class AnchorEncoder(nn.Module):
             out_dims = pos
         self.output_fc = nn.Sequential(*linear_relu_ln(out_dims, in_loops, out_loops)) if output_fc else None
         self.stacked = BranchLayout([branch for _, branch in self._branches()])
-        self.stack_branches = True
+        self.stack_branches = False
         self.input_columns = self._input_columns()
 
     def _branches(self) -> list[tuple[str, nn.Sequential]]:

@@ -207,7 +207,7 @@ def test_compiled_regions_train_like_the_eager_model(tmp_path: Path) -> None:
     """All four regions of `compile_regions` (backend aot_eager: AOTAutograd's forward/backward split
     with eager kernels, what Inductor receives) over three streamed frames, carried instances and
     denoising groups, uint8 images and GridMask included: the losses and every gradient equal the
-    eager model's, no graph breaks."""
+    eager model's, no graph breaks. `compile_regions` stacks the anchor encoder's branches."""
     import copy
 
     import torch._dynamo as dynamo
@@ -222,6 +222,8 @@ def test_compiled_regions_train_like_the_eager_model(tmp_path: Path) -> None:
     dynamo.reset()
     counters.clear()
     assert compile_regions(compiled_model, backend="aot_eager") == 4
+    assert compiled_model.head.anchor_encoder.stack_branches and not eager.head.anchor_encoder.stack_branches
+    eager.head.anchor_encoder.stack_branches = True  # the same arithmetic (tests/model/test_anchor_encoder.py: stacked == branches)
     for frame in range(3):
         batch = with_uint8_images(synthetic_batch(2, first_frame=frame == 0, timestamp=0.1 * frame, seed=frame), frame)
         results = []

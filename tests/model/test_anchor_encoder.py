@@ -50,6 +50,7 @@ def test_float32_stacked_path_matches_under_autocast_dtypes() -> None:
     """float32: same values to float32 rounding, and float32 out (what autocast's layer_norm gives)."""
     torch.manual_seed(0)
     encoder = AnchorEncoder([32, 8, 8, 16], out_loops=4)
+    encoder.stack_branches = True
     x = anchors(50, 1)
     stacked, module = encoder(x, encoder.flat_parameters()), encoder(x)
     assert stacked.dtype == module.dtype == torch.float32
@@ -71,6 +72,8 @@ def test_stacked_branches_run_one_gemm_and_no_per_branch_layer_norm_per_loop() -
     torch.manual_seed(0)
     encoder = AnchorEncoder([128, 32, 32, 64], out_loops=4)
     x = anchors(30, 2)
+    assert not encoder.stack_branches  # eagerly the branches run one by one (stacking pays only compiled)
+    encoder.stack_branches = True
     gemms = (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm)
     norms = (torch.ops.aten.native_layer_norm, torch.ops.aten.native_layer_norm_backward)
     assert count_ops(lambda: encoder(x).sum(), gemms)[0] == 16
@@ -112,13 +115,16 @@ def test_wrong_flat_parameters_are_a_clear_error() -> None:
         encoder(anchors(4, 0), torch.zeros(10))
 
 
-def test_training_head_uses_one_parameter_tensor_and_matches_the_module_path(tmp_path, monkeypatch) -> None:
-    """Losses and every gradient of a training step with the flat path equal the per-module path's."""
+@pytest.mark.parametrize("stack", [False, True])
+def test_training_head_uses_one_parameter_tensor_and_matches_the_module_path(tmp_path, monkeypatch, stack: bool) -> None:
+    """Losses and every gradient of a training step with the flat path (branches one by one, or
+    stacked) equal the per-module path's, to float32 rounding."""
     path = tmp_path / "anchor_init.npy"
     np.save(path, random_anchors(64))
     torch.manual_seed(0)
     model = Sparse4D.from_config(small_config(str(path)), num_classes=3).train()
     encoder = model.head.anchor_encoder
+    encoder.stack_branches = stack
     calls = []
     flat_parameters = encoder.flat_parameters
     monkeypatch.setattr(encoder, "flat_parameters", lambda: calls.append(1) or flat_parameters())
