@@ -15,8 +15,9 @@
 #                                                     # with ARGS (30 steps each, no profile); run it twice
 #   bash benchmarks/gpu_session.sh ab-graphed         # base vs graphed clip + AdamW in one process (one compile,
 #                                                     # alternating blocks): fits a fresh machine's call
-#   bash benchmarks/gpu_session.sh ab-anchor-encoder  # stacked vs per-branch anchor encoder in one process (the
-#                                                     # decoder layer compiles once per path, alternating blocks)
+#   bash benchmarks/gpu_session.sh ab-anchor-encoder  # stacked vs per-branch anchor encoder: the encoder alone,
+#                                                     # then the training step in one process (the decoder layer
+#                                                     # compiles once per path, alternating blocks)
 #   bash benchmarks/gpu_session.sh trainer-ab ARGS... # the same through the trainer's Lightning module, 1 GPU
 #                                                     # (ddp_scaling.py --devices 1, reduce-overhead regions),
 #                                                     # e.g. ARGS = --graphed-optimizer
@@ -84,7 +85,8 @@ case "$stage" in
             --skip-backbone-only --flops-tflop 12.27 --ab-graphed-optimizer --json "$out/ab_graphed.json" >"$out/ab_graphed.log" 2>&1
         ;;
     ab-anchor-encoder)
-        timeout 570 python3 benchmarks/train_throughput.py --steps 30 --warmup 5 --fused-adam --compile --compile-mode reduce-overhead \
+        timeout 90 python3 benchmarks/anchor_encoder_kernels.py --device cuda >"$out/anchor_encoder_kernels.json" 2>"$out/anchor_encoder_kernels.log"
+        timeout 500 python3 benchmarks/train_throughput.py --steps 30 --warmup 5 --fused-adam --compile --compile-mode reduce-overhead \
             --skip-backbone-only --flops-tflop 12.27 --ab-anchor-encoder --json "$out/ab_anchor_encoder.json" >"$out/ab_anchor_encoder.log" 2>&1
         ;;
     trainer-ab)
