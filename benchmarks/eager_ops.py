@@ -105,10 +105,11 @@ def launches_kernel(event, children: dict[int, list]) -> bool:
 
 
 def cpu_training_step(*, backbone: str = "resnet_101", width: int = 352, height: int = 128, batch: int = 2, num_gt: int = 128,
-                      num_anchor: int = 900, compiled: bool = True) -> Callable[[int], None]:
+                      num_anchor: int = 900, compiled: bool = True, with_model: bool = False):
     """train_throughput's step on the CPU (prepared host batch, clip, fused AdamW) for the default head,
     its regions compiled with `aot_eager`; step k trains on the k-th of four streamed frames (mod 4).
-    A smaller backbone or `num_anchor` runs faster; what happens outside the regions stays the same."""
+    A smaller backbone or `num_anchor` runs faster; what happens outside the regions stays the same.
+    Returns the step function, and the model too with `with_model` (to compile it another way)."""
     torch.manual_seed(0)
     cfg = ModelConfig().model_copy(update={"input_shape": [width, height]})
     if backbone != "resnet_101":
@@ -134,7 +135,7 @@ def cpu_training_step(*, backbone: str = "resnet_101", width: int = 352, height:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    return train_step
+    return (train_step, model) if with_model else train_step
 
 
 def warm_up(train_step: Callable[[int], None], steps: int = 3) -> None:
