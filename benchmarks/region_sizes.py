@@ -3,8 +3,8 @@
 Under `reduce-overhead` every region call is a CUDA-graph replay whose host cost grows with the
 tensors that cross it: AOTAutograd's wrappers and the CUDA-graph tree's bookkeeping touch each input
 and output, and a forward returns, besides its results, every tensor its backward saved. This
-compiles the default head's decoder layer with AOTAutograd and counting compilers (what Inductor would
-receive), runs three streamed frames of train_throughput's step on the CPU, and prints, per graph
+compiles the default head's decoder layer with AOTAutograd, Inductor's min-cut partitioner and
+counting compilers (the graphs Inductor would receive), runs three streamed frames of train_throughput's step on the CPU, and prints, per graph
 variant, (inputs, outputs, ops) of the forward and of the backward, for each anchor-encoder path.
 
     PYTHONPATH=. python benchmarks/region_sizes.py                 # about 2 minutes on 2 cores
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import torch
-from functorch.compile import make_boxed_func
+from functorch.compile import make_boxed_func, min_cut_rematerialization_partition
 from torch._dynamo.backends.common import aot_autograd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,7 +45,8 @@ def decoder_layer_sizes(stack_branches: bool, num_anchor: int, frames: int = 3) 
             return make_boxed_func(gm.forward)
         return record
 
-    backend = aot_autograd(fw_compiler=compiler("forward"), bw_compiler=compiler("backward"))
+    backend = aot_autograd(fw_compiler=compiler("forward"), bw_compiler=compiler("backward"),
+                           partition_fn=min_cut_rematerialization_partition)  # Inductor's choice of saved tensors
     torch._dynamo.reset()
     step, model = cpu_training_step(backbone="resnet_18", width=176, height=64, num_anchor=num_anchor, compiled=False, with_model=True)
     head = model.head
