@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import torch
@@ -66,7 +67,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("needs a CUDA GPU", file=__import__("sys").stderr)
+        print("needs a CUDA GPU", file=sys.stderr)
         return 2
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     torch.manual_seed(0)

@@ -68,7 +68,8 @@ case "$stage" in
             --json "$out/agg_visible.json" >"$out/agg_visible.log" 2>&1
         ;;
     train)
-        timeout 570 python3 benchmarks/train_throughput.py --steps 16 --warmup 5 --fused-adam --compile \
+        timeout 30 python3 benchmarks/denoising_solve.py --device cuda --workers 1 8 >"$out/denoising_solve.json" 2>"$out/denoising_solve.log"
+        timeout 545 python3 benchmarks/train_throughput.py --steps 16 --warmup 5 --fused-adam --compile \
             --compile-mode reduce-overhead --flops-tflop 12.27 --profile --host-timeline \
             --trace "$out/trace.json.gz" --json "$out/train.json" "$@" >"$out/train.log" 2>&1
         ;;

@@ -124,15 +124,18 @@ def start_denoising_queries(
     valid = to_device(np.repeat(slot_valid[:, None], num_groups, axis=1), device)  # (B, G, M)
     noisy = torch.where(valid[..., None], noisy, torch.zeros((), dtype=dtype, device=device))
     cost = box_l1_cost(noisy.flatten(0, 1), gt.repeat_interleave(num_groups, dim=0), reg_weights.to(dtype))  # (B*G, M, N)
-    solved = solver_pool().submit(_solve_groups, HostCopy(cost), slot_valid, counts, num_groups)
+    copy, pool = HostCopy(cost), solver_pool()
+    # one solve per (sample, group) on the workers: the main thread waits for them before the head, so
+    # they run side by side (scipy releases the GIL), not one after another on one worker
+    solved = [pool.submit(_solve_group, copy, i * num_groups + k, np.flatnonzero(slot_valid[i]), counts[i])
+              for i in range(b) for k in range(num_groups)]
     return PendingDenoising(noisy, valid, raw, labels, ids, num_groups, solved)
 
 
-def _solve_groups(cost: HostCopy, slot_valid: np.ndarray, counts: list[int], groups: int) -> np.ndarray:
-    """(B, G, M) GT index of each denoising slot within its group: waits for the cost copy, then solves."""
-    b, m = slot_valid.shape
-    rows = [np.flatnonzero(slot_valid[i]) for i in range(b) for _ in range(groups)]
-    return solve_assignments(cost.numpy(), [n for n in counts for _ in range(groups)], rows).reshape(b, groups, m)
+def _solve_group(cost: HostCopy, problem: int, rows: np.ndarray, num_gt: int) -> np.ndarray:
+    """(M,) GT index of each slot of one denoising group (problem = sample * G + group): waits for the
+    costs' copy, then solves."""
+    return solve_assignments(cost.numpy()[problem : problem + 1], [num_gt], [rows])[0]
 
 
 @dataclass
@@ -146,13 +149,14 @@ class PendingDenoising:
     labels: Tensor  # (B, N)
     ids: Tensor  # (B, N)
     num_groups: int
-    assigned: Future[np.ndarray]  # (B, G, M)
+    assigned: list[Future[np.ndarray]]  # (M,) per (sample, group), sample-major
 
     def finish(self) -> DenoisingQueries:
         """Wait for the assignments and build the queries and targets."""
         g, m = self.valid.shape[1:]
         device, dtype = self.noisy.device, self.noisy.dtype
-        index = to_device(self.assigned.result(), device)
+        b = self.valid.shape[0]
+        index = to_device(np.stack([solve.result() for solve in self.assigned]).reshape(b, g, m), device)
         hit = (index >= 0).flatten(1, 2)
         safe = index.clamp(min=0).flatten(1, 2)  # (B, G*M)
         zero = torch.zeros((), dtype=dtype, device=device)

@@ -60,15 +60,24 @@ def solve_assignments(cost: Tensor | np.ndarray, num_gt: list[int], rows: list[n
         return assigned
     if isinstance(cost, Tensor):
         cost = cost.detach().float().cpu().numpy()
-    cost_np = np.nan_to_num(cost.astype(np.float64), nan=1e8, posinf=1e8, neginf=-1e8)
     for s in range(s_count):
         m = num_gt[s]
         used = np.arange(q) if rows is None else rows[s]
         if m == 0 or len(used) == 0:
             continue
-        picked, cols = linear_sum_assignment(cost_np[s, used, :m])
+        picked, cols = linear_sum_assignment(finite_costs(cost[s, used, :m]))
         assigned[s, used[picked]] = cols
     return assigned
+
+
+def finite_costs(block: np.ndarray) -> np.ndarray:
+    """One problem's costs as float64 (what the solver computes in), NaN and +inf as 1e8 and -inf as
+    -1e8. Only the problem's own rows and columns are converted, and the replacement runs only when
+    something is not finite (a diverging model): the common case is one conversion."""
+    block = np.asarray(block, dtype=np.float64)
+    if not np.isfinite(block).all():
+        block = np.nan_to_num(block, nan=1e8, posinf=1e8, neginf=-1e8)
+    return block
 
 
 def to_device(array: np.ndarray, device: torch.device) -> Tensor:
