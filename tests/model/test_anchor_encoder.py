@@ -152,3 +152,20 @@ def test_training_head_uses_one_parameter_tensor_and_matches_the_module_path(tmp
         for name in grads_flat:
             scale = float(grads_module[name].abs().max())
             torch.testing.assert_close(grads_flat[name], grads_module[name], rtol=1e-3, atol=1e-4 * scale, msg=name)
+
+
+def test_segment_layer_norm_backward_scatters_nothing() -> None:
+    """The per-segment statistics reach the elements by a product with the membership, so the backward
+    has only reductions: indexing by segment would scatter-add (atomics on a GPU, ~2 ms per step)."""
+    from sparse4d.model.grouped_branches import segment_index, segment_layer_norm
+
+    x = torch.randn(6, 40, requires_grad=True)
+    weight, bias = torch.randn(40, requires_grad=True), torch.randn(40, requires_grad=True)
+    out = segment_layer_norm(x, segment_index([16, 8, 16]), 3, weight, bias, 1e-5)
+    with RecordOps() as ops:
+        out.square().sum().backward()
+    scatters = {torch.ops.aten.index_put, torch.ops.aten._index_put_impl_, torch.ops.aten.index_add, torch.ops.aten.scatter_add,
+                torch.ops.aten.index_put_, torch.ops.aten.scatter_add_}
+    assert not [func for func, _, _ in ops.calls if func.overloadpacket in scatters]
+    expected = torch.cat([torch.nn.functional.layer_norm(part, (part.shape[-1],)) for part in x.detach().split([16, 8, 16], -1)], -1)
+    torch.testing.assert_close(out.detach(), expected * weight.detach() + bias.detach(), rtol=1e-5, atol=1e-5)
