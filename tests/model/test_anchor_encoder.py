@@ -169,3 +169,13 @@ def test_segment_layer_norm_backward_scatters_nothing() -> None:
     assert not [func for func, _, _ in ops.calls if func.overloadpacket in scatters]
     expected = torch.cat([torch.nn.functional.layer_norm(part, (part.shape[-1],)) for part in x.detach().split([16, 8, 16], -1)], -1)
     torch.testing.assert_close(out.detach(), expected * weight.detach() + bias.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_branches_of_different_depths_cannot_be_stacked() -> None:
+    from torch import nn
+
+    from sparse4d.model.blocks import linear_relu_ln
+    from sparse4d.model.grouped_branches import BranchLayout
+
+    with pytest.raises(ValueError, match="same layers"):
+        BranchLayout([nn.Sequential(*linear_relu_ln(8, 1, 2, 3)), nn.Sequential(*linear_relu_ln(8, 1, 3, 3))])
