@@ -69,7 +69,7 @@ class AnchorEncoder(nn.Module):
         return [(name, getattr(self, name)) for name in names if getattr(self, name) is not None]
 
     def _input_columns(self) -> list[int]:
-        """The anchor values the branches embed, branch after branch (the stacked stack's input)."""
+        """The anchor values the branches embed, branch after branch (the input of the stacked branches)."""
         columns = {
             "pos_fc": [0, 1, 2],
             "size_fc": list(range(ANCHOR_W, ANCHOR_H + 1)),
@@ -133,7 +133,6 @@ class AnchorEncoder(nn.Module):
         sizes = [shape.numel() for shape in tail]
         named = {f"output_fc.{name}": chunk.view(p.shape) for (name, p), chunk in zip(self.output_fc.named_parameters(), params[stacked_size:].split(sizes))}
         return run_mlp(self.output_fc, "output_fc", out, named)
-
 
 
 def run_mlp(layers: nn.Sequential, prefix: str, x: Tensor, params: dict[str, Tensor] | None) -> Tensor:

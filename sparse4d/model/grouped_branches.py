@@ -13,6 +13,8 @@ has exactly one place in the stacked tensors, the zero blocks have none.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -64,7 +66,7 @@ class _GatherWithInverse(torch.autograd.Function):
 
 
 class BranchLayout(nn.Module):
-    """How the parameters of same-depth Linear/ReLU/LayerNorm branches sit in one stacked stack.
+    """How the parameters of same-depth Linear/ReLU/LayerNorm branches sit in one stack run side by side.
 
     `to_stacked(flat)` takes the branches' parameters concatenated in `parameters()` order (as
     `torch.cat([p.reshape(-1) for p in ...])` makes them) and returns one flat tensor holding, layer
@@ -121,7 +123,7 @@ class BranchLayout(nn.Module):
         return _GatherWithInverse.apply(flat, self.index, self.inverse)
 
     def forward(self, x: Tensor, stacked: Tensor) -> Tensor:
-        tensors = iter(t.view(shape) for t, shape in zip(stacked.split([_numel(s) for s in self.shapes]), self.shapes))
+        tensors = iter(t.view(shape) for t, shape in zip(stacked.split([math.prod(s) for s in self.shapes]), self.shapes))
         eps = iter(self.eps)
         for kind in self.kinds:
             if kind is nn.Linear:
@@ -154,9 +156,3 @@ def _parameter_offsets(branches: list[nn.Sequential]) -> dict[tuple[int, int, st
                 start += p.numel()
     return found
 
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for size in shape:
-        n *= size
-    return n
