@@ -15,9 +15,10 @@
 #                                                     # with ARGS (30 steps each, no profile); run it twice
 #   bash benchmarks/gpu_session.sh ab-graphed         # base vs graphed clip + AdamW in one process (one compile,
 #                                                     # alternating blocks): fits a fresh machine's call
-#   bash benchmarks/gpu_session.sh ab-anchor-encoder  # stacked vs per-branch anchor encoder: the encoder alone,
-#                                                     # then the training step in one process (the decoder layer
-#                                                     # compiles once per path, alternating blocks)
+#   bash benchmarks/gpu_session.sh ab-toggle NAME     # one process, blocks alternating with NAME flipped and not
+#                                                     # (train_throughput --ab): anchor-encoder (stacked / per
+#                                                     # branch; the encoder alone first) or denoising-solve
+#                                                     # (parallel / one task; its host wait alone first)
 #   bash benchmarks/gpu_session.sh trainer-ab ARGS... # the same through the trainer's Lightning module, 1 GPU
 #                                                     # (ddp_scaling.py --devices 1, reduce-overhead regions),
 #                                                     # e.g. ARGS = --graphed-optimizer
@@ -30,11 +31,11 @@ set -u
 if [ -n "${GPU_SESSION_DRY_RUN:-}" ]; then
     timeout() { shift; printf '%q ' "$@" >>"$GPU_SESSION_DRY_RUN"; echo >>"$GPU_SESSION_DRY_RUN"; }
 fi
-stage="${1:?stage: tests | tests-train | kernel | train | eager-ops | ab | ab-graphed | ab-anchor-encoder | trainer-ab}"
+stage="${1:?stage: tests | tests-train | kernel | train | eager-ops | ab | ab-graphed | ab-toggle | trainer-ab}"
 shift
 case "$stage" in
-    tests | tests-train | kernel | train | eager-ops | ab | ab-graphed | ab-anchor-encoder | trainer-ab) ;;
-    *) echo "unknown stage $stage (tests | tests-train | kernel | train | eager-ops | ab | ab-graphed | ab-anchor-encoder | trainer-ab)" >&2; exit 2 ;;
+    tests | tests-train | kernel | train | eager-ops | ab | ab-graphed | ab-toggle | trainer-ab) ;;
+    *) echo "unknown stage $stage (tests | tests-train | kernel | train | eager-ops | ab | ab-graphed | ab-toggle | trainer-ab)" >&2; exit 2 ;;
 esac
 out="${OUT:-$PWD/gpu_out}"
 mkdir -p "$out"
@@ -85,10 +86,15 @@ case "$stage" in
         timeout 570 python3 benchmarks/train_throughput.py --steps 30 --warmup 5 --fused-adam --compile --compile-mode reduce-overhead \
             --skip-backbone-only --flops-tflop 12.27 --ab-graphed-optimizer --json "$out/ab_graphed.json" >"$out/ab_graphed.log" 2>&1
         ;;
-    ab-anchor-encoder)
-        timeout 90 python3 benchmarks/anchor_encoder_kernels.py --device cuda >"$out/anchor_encoder_kernels.json" 2>"$out/anchor_encoder_kernels.log"
+    ab-toggle)
+        toggle="${1:?ab-toggle needs a NAME: anchor-encoder | denoising-solve}"
+        if [ "$toggle" = anchor-encoder ]; then
+            timeout 90 python3 benchmarks/anchor_encoder_kernels.py --device cuda >"$out/anchor_encoder_kernels.json" 2>"$out/anchor_encoder_kernels.log"
+        else
+            timeout 30 python3 benchmarks/denoising_solve.py --device cuda --workers 1 8 >"$out/denoising_solve.json" 2>"$out/denoising_solve.log"
+        fi
         timeout 500 python3 benchmarks/train_throughput.py --steps 30 --warmup 5 --fused-adam --compile --compile-mode reduce-overhead \
-            --skip-backbone-only --flops-tflop 12.27 --ab-anchor-encoder --json "$out/ab_anchor_encoder.json" >"$out/ab_anchor_encoder.log" 2>&1
+            --skip-backbone-only --flops-tflop 12.27 --ab "$toggle" --json "$out/ab_$toggle.json" >"$out/ab_$toggle.log" 2>&1
         ;;
     trainer-ab)
         common=(--devices 1 --steps 30 --warmup 8 --compile --compile-mode reduce-overhead)

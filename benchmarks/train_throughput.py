@@ -55,7 +55,7 @@ from sparse4d.config.model import ModelConfig
 from sparse4d.config.train import TrainConfig
 from sparse4d.data.depth_targets import first_level_stride
 from sparse4d.engine.optim import build_optimizer
-from sparse4d.model import aggregation
+from sparse4d.model import aggregation, denoising
 from sparse4d.model import fused_aggregation
 from sparse4d.model.fused_aggregation import enable_fused_aggregation
 from sparse4d.model.sparse4d import Sparse4D
@@ -396,6 +396,21 @@ def kernel_kinds(kernels: list, count: int) -> dict[str, float]:
     return {k: round(v, 2) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
+def _set_stacked(model: Sparse4D, on: bool) -> None:
+    model.head.anchor_encoder.stack_branches = on
+
+
+def _set_parallel_solves(model: Sparse4D, on: bool) -> None:
+    denoising.SOLVE_GROUPS_IN_PARALLEL = on
+
+
+# --ab NAME: (read the setting, set it, names of its on and off states) of what the in-process A/B flips
+AB_TOGGLES = {
+    "anchor-encoder": (lambda model: model.head.anchor_encoder.stack_branches, _set_stacked, ("stacked", "branches")),
+    "denoising-solve": (lambda model: denoising.SOLVE_GROUPS_IN_PARALLEL, _set_parallel_solves, ("parallel", "one_task")),
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=2)
@@ -418,9 +433,10 @@ def main() -> int:
                         help="the anchor encoder's training path: its four MLPs stacked side by side (block-diagonal Linears, "
                              "per-segment LayerNorms; what --compile does since session 14) or one after another (eager runs, and "
                              "--compile before); default: what the run's compilation sets")
-    parser.add_argument("--ab-anchor-encoder", action="store_true",
-                        help="after the timed steps, alternate blocks of --steps steps with the other --anchor-encoder path and with "
-                             "this one in the same process (the decoder layer compiles once per path; result under ab_anchor_encoder)")
+    parser.add_argument("--ab", choices=sorted(AB_TOGGLES),
+                        help="after the timed steps, alternate blocks of --steps steps with this setting flipped and as it was, in the "
+                             "same process (anchor-encoder: stacked / per-branch, the decoder layer compiles once per path; "
+                             "denoising-solve: its Hungarian solves in parallel / in one task); result under ab")
     parser.add_argument("--auto-gc", action="store_true",
                         help="keep Python's automatic garbage collection on (before session 12; the trainer now pauses it and "
                              "collects the young generation every 50 steps)")
@@ -454,8 +470,8 @@ def main() -> int:
     real.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     real.add_argument("--smoke", action="store_true", help="tiny: 2 cameras, 256x128, the small config, a few steps (runs on CPU)")
     args = parser.parse_args()
-    if args.ab_anchor_encoder and args.ab_graphed_optimizer:
-        parser.error("--ab-anchor-encoder and --ab-graphed-optimizer: one A/B per run")
+    if args.ab and args.ab_graphed_optimizer:
+        parser.error("--ab and --ab-graphed-optimizer: one A/B per run")
     if args.data == "real":
         return real_main(args)
     if not torch.cuda.is_available():
@@ -473,7 +489,7 @@ def main() -> int:
     if not args.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
     encoder = model.head.anchor_encoder
-    if args.ab_anchor_encoder:  # both paths' decoder-layer variants must stay compiled side by side
+    if args.ab == "anchor-encoder":  # both paths' decoder-layer variants must stay compiled side by side
         for limit in ("recompile_limit", "cache_size_limit"):
             if hasattr(torch._dynamo.config, limit):
                 setattr(torch._dynamo.config, limit, max(32, getattr(torch._dynamo.config, limit)))
@@ -608,16 +624,18 @@ def main() -> int:
             active["graphed"] = graphed_step
             ab_blocks["base_ms"].append(round(timed_block(3200 + 200 * block), 2))
         ab_blocks["graphed_eager_steps"] = ab_graphed_step.eager_steps
-    if args.ab_anchor_encoder:  # same process: blocks with the other encoder path and this one alternate
-        this, other = anchor_path, "branches" if anchor_path == "stacked" else "stacked"
-        ab_blocks = {f"{this}_ms": [round(step_ms, 2)], f"{other}_ms": []}
+    if args.ab:  # same process: blocks with the setting flipped and as it was alternate
+        get, set_, (on_name, off_name) = AB_TOGGLES[args.ab]
+        this = get(model)
+        label = {True: f"{on_name}_ms", False: f"{off_name}_ms"}
+        ab_blocks = {"toggle": args.ab, label[this]: [round(step_ms, 2)], label[not this]: []}
         for block in range(2):
-            encoder.stack_branches = other == "stacked"
-            for step in range(4000 + 200 * block, 4000 + 200 * block + args.warmup):  # the other path compiles/records here
+            set_(model, not this)
+            for step in range(4000 + 200 * block, 4000 + 200 * block + args.warmup):  # a decoder variant compiles/records here
                 train_step(step)
-            ab_blocks[f"{other}_ms"].append(round(timed_block(4100 + 200 * block), 2))
-            encoder.stack_branches = this == "stacked"
-            ab_blocks[f"{this}_ms"].append(round(timed_block(4150 + 200 * block), 2))
+            ab_blocks[label[not this]].append(round(timed_block(4100 + 200 * block), 2))
+            set_(model, this)
+            ab_blocks[label[this]].append(round(timed_block(4150 + 200 * block), 2))
     peak_gb = torch.cuda.max_memory_allocated() / 1e9  # since the reset after warm-up: CUDA-graph pools allocated while warming up are not in it
     reserved_gb = torch.cuda.memory_reserved() / 1e9  # everything the caching allocator holds now, graph pools included
 
@@ -741,7 +759,7 @@ def main() -> int:
     if host_timeline:
         record["host_timeline_ms_median"] = host_timeline
     if ab_blocks:
-        record["ab_anchor_encoder" if args.ab_anchor_encoder else "ab_graphed_optimizer"] = ab_blocks
+        record["ab" if args.ab else "ab_graphed_optimizer"] = ab_blocks
     emit(record, args.json)
     print(f"\n{name}: {record['samples_per_s']} samples/s ({record['step_ms']} ms/step, batch {args.batch}), "
           f"MFU {record['mfu']}, peak {record['peak_memory_gb']} GB, backbone+neck-only {record['backbone_neck_only_step_ms']} ms "

@@ -125,17 +125,25 @@ def start_denoising_queries(
     noisy = torch.where(valid[..., None], noisy, torch.zeros((), dtype=dtype, device=device))
     cost = box_l1_cost(noisy.flatten(0, 1), gt.repeat_interleave(num_groups, dim=0), reg_weights.to(dtype))  # (B*G, M, N)
     copy, pool = HostCopy(cost), solver_pool()
-    # one solve per (sample, group) on the workers: the main thread waits for them before the head, so
-    # they run side by side (scipy releases the GIL), not one after another on one worker
-    solved = [pool.submit(_solve_group, copy, i * num_groups + k, np.flatnonzero(slot_valid[i]), counts[i])
-              for i in range(b) for k in range(num_groups)]
+    problems = [(i * num_groups + k, np.flatnonzero(slot_valid[i]), counts[i]) for i in range(b) for k in range(num_groups)]
+    if SOLVE_GROUPS_IN_PARALLEL:
+        solved = [pool.submit(_solve_groups, copy, [problem]) for problem in problems]
+    else:
+        solved = [pool.submit(_solve_groups, copy, problems)]
     return PendingDenoising(noisy, valid, raw, labels, ids, num_groups, solved)
 
 
-def _solve_group(cost: HostCopy, problem: int, rows: np.ndarray, num_gt: int) -> np.ndarray:
-    """(M,) GT index of each slot of one denoising group (problem = sample * G + group): waits for the
-    costs' copy, then solves."""
-    return solve_assignments(cost.numpy()[problem : problem + 1], [num_gt], [rows])[0]
+# One solve per (sample, group) on the Hungarian workers: the main thread waits for them before the
+# head, so they run side by side (scipy releases the GIL). False: all of them one after another in one
+# task, as before session 14 (9-13 ms of the main thread's wait per H100 step); for A/B measurements.
+SOLVE_GROUPS_IN_PARALLEL = True
+
+
+def _solve_groups(cost: HostCopy, problems: list[tuple[int, np.ndarray, int]]) -> np.ndarray:
+    """(problems, M) GT index of each slot of the given denoising groups, one problem being (sample *
+    G + group, its valid slots, its GT count): waits for the costs' copy, then solves."""
+    costs = cost.numpy()
+    return np.concatenate([solve_assignments(costs[p : p + 1], [n], [rows]) for p, rows, n in problems])
 
 
 @dataclass
@@ -149,14 +157,14 @@ class PendingDenoising:
     labels: Tensor  # (B, N)
     ids: Tensor  # (B, N)
     num_groups: int
-    assigned: list[Future[np.ndarray]]  # (M,) per (sample, group), sample-major
+    assigned: list[Future[np.ndarray]]  # (groups, M) per task; all tasks together sample-major
 
     def finish(self) -> DenoisingQueries:
         """Wait for the assignments and build the queries and targets."""
         g, m = self.valid.shape[1:]
         device, dtype = self.noisy.device, self.noisy.dtype
         b = self.valid.shape[0]
-        index = to_device(np.stack([solve.result() for solve in self.assigned]).reshape(b, g, m), device)
+        index = to_device(np.concatenate([solve.result() for solve in self.assigned]).reshape(b, g, m), device)
         hit = (index >= 0).flatten(1, 2)
         safe = index.clamp(min=0).flatten(1, 2)  # (B, G*M)
         zero = torch.zeros((), dtype=dtype, device=device)

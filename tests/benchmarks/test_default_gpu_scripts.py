@@ -105,3 +105,26 @@ def test_ddp_scaling_passes_every_option_to_its_runs(monkeypatch):
     plain = ddp_scaling.build_parser().parse_args([])
     assert ddp_scaling.main(ddp_scaling.child_command(plain, 1, "/tmp/one.json")[2:]) == 0
     assert calls == [(1, 40, 8, 2, "/tmp/one.json", False, None, None, False, False)]  # eager, the trainer's lr, paused GC
+
+
+def test_in_process_ab_toggles_flip_what_they_name(tmp_path):
+    """train_throughput --ab NAME: each toggle reads back what it set (the GPU run alternates on it)."""
+    import numpy as np
+
+    from sparse4d.model import denoising
+    from sparse4d.model.sparse4d import Sparse4D
+    from tests.model.model_helpers import random_anchors, small_config
+    from train_throughput import AB_TOGGLES
+
+    np.save(tmp_path / "anchor_init.npy", random_anchors(64))
+    model = Sparse4D.from_config(small_config(str(tmp_path / "anchor_init.npy")), num_classes=3)
+    assert sorted(AB_TOGGLES) == ["anchor-encoder", "denoising-solve"]
+    try:
+        for get, set_, names in AB_TOGGLES.values():
+            assert len(names) == 2
+            for state in (True, False, True):
+                set_(model, state)
+                assert get(model) is state
+        assert model.head.anchor_encoder.stack_branches and denoising.SOLVE_GROUPS_IN_PARALLEL
+    finally:
+        denoising.SOLVE_GROUPS_IN_PARALLEL = True

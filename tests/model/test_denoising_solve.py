@@ -62,3 +62,24 @@ def test_non_finite_costs_still_get_an_assignment() -> None:
     assert assigned[0, 2] == 0  # -inf is the cheapest
     clean = np.array([[0.5, 1.5]], dtype=np.float32)
     assert finite_costs(clean).dtype == np.float64 and np.array_equal(finite_costs(clean), clean.astype(np.float64))
+
+
+def test_one_task_schedule_gives_the_same_queries(monkeypatch) -> None:
+    """SOLVE_GROUPS_IN_PARALLEL = False (the A/B's old schedule): one task, the same assignments."""
+    def queries(parallel: bool):
+        monkeypatch.setattr(denoising, "SOLVE_GROUPS_IN_PARALLEL", parallel)
+        pool = RecordingPool()
+        monkeypatch.setattr(denoising, "solver_pool", lambda: pool)
+        g = torch.Generator().manual_seed(11)
+        gt = [torch.randn(n, 11, generator=g) * 3 for n in (4, 3)]
+        labels = [torch.randint(0, 3, (len(x),), generator=g) for x in gt]
+        ids = [torch.arange(len(x)) for x in gt]
+        dn = denoising.make_denoising_queries(gt, labels, ids, num_groups=2, noise_scale=[1.0] * 11, max_dn_gt=8, add_neg_dn=True,
+                                              reg_weights=torch.ones(11), generator=g)
+        pool.shutdown()
+        return pool.submitted, dn
+
+    (serial_tasks, serial), (parallel_tasks, parallel) = queries(False), queries(True)
+    assert (serial_tasks, parallel_tasks) == (1, 4)
+    for name in ("anchors", "box_targets", "cls_targets", "valid", "instance_ids"):
+        assert torch.equal(getattr(serial, name), getattr(parallel, name)), name
