@@ -15,9 +15,9 @@
 #                                                     # with ARGS (30 steps each, no profile); run it twice
 #   bash benchmarks/gpu_session.sh ab-graphed         # base vs graphed clip + AdamW in one process (one compile,
 #                                                     # alternating blocks): fits a fresh machine's call
-#   bash benchmarks/gpu_session.sh ab-toggle NAME     # one process, blocks alternating with NAME flipped and not
-#                                                     # (train_throughput --ab): anchor-encoder (stacked / per
-#                                                     # branch; the encoder alone first) or denoising-solve
+#   bash benchmarks/gpu_session.sh ab-toggle NAME...  # one process, for each NAME blocks alternating with it flipped
+#                                                     # and not (train_throughput --ab): anchor-encoder (stacked /
+#                                                     # per branch; the encoder alone first), denoising-solve
 #                                                     # (parallel / one task; its host wait alone first)
 #   bash benchmarks/gpu_session.sh trainer-ab ARGS... # the same through the trainer's Lightning module, 1 GPU
 #                                                     # (ddp_scaling.py --devices 1, reduce-overhead regions),
@@ -87,14 +87,17 @@ case "$stage" in
             --skip-backbone-only --flops-tflop 12.27 --ab-graphed-optimizer --json "$out/ab_graphed.json" >"$out/ab_graphed.log" 2>&1
         ;;
     ab-toggle)
-        toggle="${1:?ab-toggle needs a NAME: anchor-encoder | denoising-solve}"
-        if [ "$toggle" = anchor-encoder ]; then
-            timeout 90 python3 benchmarks/anchor_encoder_kernels.py --device cuda >"$out/anchor_encoder_kernels.json" 2>"$out/anchor_encoder_kernels.log"
-        else
-            timeout 30 python3 benchmarks/denoising_solve.py --device cuda --workers 1 8 >"$out/denoising_solve.json" 2>"$out/denoising_solve.log"
-        fi
-        timeout 500 python3 benchmarks/train_throughput.py --steps 30 --warmup 5 --fused-adam --compile --compile-mode reduce-overhead \
-            --skip-backbone-only --flops-tflop 12.27 --ab "$toggle" --json "$out/ab_$toggle.json" >"$out/ab_$toggle.log" 2>&1
+        [ $# -gt 0 ] || { echo "ab-toggle needs NAMEs: anchor-encoder denoising-solve" >&2; exit 2; }
+        for toggle in "$@"; do
+            case "$toggle" in
+                anchor-encoder) timeout 90 python3 benchmarks/anchor_encoder_kernels.py --device cuda \
+                    >"$out/anchor_encoder_kernels.json" 2>"$out/anchor_encoder_kernels.log" ;;
+                denoising-solve) timeout 30 python3 benchmarks/denoising_solve.py --device cuda --workers 1 8 \
+                    >"$out/denoising_solve.json" 2>"$out/denoising_solve.log" ;;
+            esac
+        done
+        timeout 450 python3 benchmarks/train_throughput.py --steps 30 --warmup 5 --fused-adam --compile --compile-mode reduce-overhead \
+            --skip-backbone-only --flops-tflop 12.27 --ab "$@" --json "$out/ab_toggle.json" >"$out/ab_toggle.log" 2>&1
         ;;
     trainer-ab)
         common=(--devices 1 --steps 30 --warmup 8 --compile --compile-mode reduce-overhead)

@@ -433,10 +433,10 @@ def main() -> int:
                         help="the anchor encoder's training path: its four MLPs stacked side by side (block-diagonal Linears, "
                              "per-segment LayerNorms; what --compile does since session 14) or one after another (eager runs, and "
                              "--compile before); default: what the run's compilation sets")
-    parser.add_argument("--ab", choices=sorted(AB_TOGGLES),
-                        help="after the timed steps, alternate blocks of --steps steps with this setting flipped and as it was, in the "
-                             "same process (anchor-encoder: stacked / per-branch, the decoder layer compiles once per path; "
-                             "denoising-solve: its Hungarian solves in parallel / in one task); result under ab")
+    parser.add_argument("--ab", nargs="+", choices=sorted(AB_TOGGLES), default=[],
+                        help="after the timed steps, for each NAME in turn, alternate blocks of --steps steps with that setting flipped "
+                             "and as it was, in the same process (anchor-encoder: stacked / per-branch, the decoder layer compiles once "
+                             "per path; denoising-solve: its Hungarian solves in parallel / in one task); results under ab.NAME")
     parser.add_argument("--auto-gc", action="store_true",
                         help="keep Python's automatic garbage collection on (before session 12; the trainer now pauses it and "
                              "collects the young generation every 50 steps)")
@@ -489,7 +489,7 @@ def main() -> int:
     if not args.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
     encoder = model.head.anchor_encoder
-    if args.ab == "anchor-encoder":  # both paths' decoder-layer variants must stay compiled side by side
+    if "anchor-encoder" in args.ab:  # both paths' decoder-layer variants must stay compiled side by side
         for limit in ("recompile_limit", "cache_size_limit"):
             if hasattr(torch._dynamo.config, limit):
                 setattr(torch._dynamo.config, limit, max(32, getattr(torch._dynamo.config, limit)))
@@ -624,18 +624,19 @@ def main() -> int:
             active["graphed"] = graphed_step
             ab_blocks["base_ms"].append(round(timed_block(3200 + 200 * block), 2))
         ab_blocks["graphed_eager_steps"] = ab_graphed_step.eager_steps
-    if args.ab:  # same process: blocks with the setting flipped and as it was alternate
-        get, set_, (on_name, off_name) = AB_TOGGLES[args.ab]
+    for toggle in args.ab:  # same process: blocks with the setting flipped and as it was alternate
+        get, set_, (on_name, off_name) = AB_TOGGLES[toggle]
         this = get(model)
         label = {True: f"{on_name}_ms", False: f"{off_name}_ms"}
-        ab_blocks = {"toggle": args.ab, label[this]: [round(step_ms, 2)], label[not this]: []}
+        blocks = {label[this]: [round(step_ms, 2)], label[not this]: []}
         for block in range(2):
             set_(model, not this)
             for step in range(4000 + 200 * block, 4000 + 200 * block + args.warmup):  # a decoder variant compiles/records here
                 train_step(step)
-            ab_blocks[label[not this]].append(round(timed_block(4100 + 200 * block), 2))
+            blocks[label[not this]].append(round(timed_block(4100 + 200 * block), 2))
             set_(model, this)
-            ab_blocks[label[this]].append(round(timed_block(4150 + 200 * block), 2))
+            blocks[label[this]].append(round(timed_block(4150 + 200 * block), 2))
+        ab_blocks = {**(ab_blocks or {}), toggle: blocks}
     peak_gb = torch.cuda.max_memory_allocated() / 1e9  # since the reset after warm-up: CUDA-graph pools allocated while warming up are not in it
     reserved_gb = torch.cuda.memory_reserved() / 1e9  # everything the caching allocator holds now, graph pools included
 
