@@ -23,6 +23,7 @@ import time
 import torch
 from torch._inductor import metrics
 
+from aggregation_kernel import cuda_time_ms  # benchmarks/, next to this script
 from sparse4d.model.anchor_encoder import AnchorEncoder
 
 
@@ -44,22 +45,18 @@ def measure(encoder: AnchorEncoder, anchors: torch.Tensor, stack: bool, repeats:
 
     call()  # compiles forward and backward
     kernels = metrics.generated_kernel_count
-    for _ in range(3):
-        call()
-    times = []
-    for _ in range(repeats):
-        if anchors.is_cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+    if anchors.is_cuda:
+        ms = cuda_time_ms(call, warmup=3, reps=repeats)
+    else:
+        for _ in range(3):
             call()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
+        times = []
+        for _ in range(repeats):
             begin = time.perf_counter()
             call()
             times.append((time.perf_counter() - begin) * 1000)
-    return {"generated_kernels_fwd_bwd": kernels, "ms_per_call_median": round(statistics.median(times), 4)}
+        ms = statistics.median(times)
+    return {"generated_kernels_fwd_bwd": kernels, "ms_per_call_median": round(ms, 4)}
 
 
 def main() -> int:

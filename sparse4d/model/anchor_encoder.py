@@ -68,15 +68,19 @@ class AnchorEncoder(nn.Module):
         names = ("pos_fc", "size_fc", "yaw_fc", "vel_fc")
         return [(name, getattr(self, name)) for name in names if getattr(self, name) is not None]
 
+    def _branch_inputs(self) -> list[tuple[str, slice]]:
+        """(branch name, the anchor values it embeds) of every branch, in order."""
+        columns = {
+            "pos_fc": slice(0, 3),
+            "size_fc": slice(ANCHOR_W, ANCHOR_H + 1),
+            "yaw_fc": slice(ANCHOR_SIN, ANCHOR_COS + 1),
+            "vel_fc": slice(ANCHOR_VX, ANCHOR_VX + self.vel_dims),
+        }
+        return [(name, columns[name]) for name, _ in self._branches()]
+
     def _input_columns(self) -> list[int]:
         """The anchor values the branches embed, branch after branch (the input of the stacked branches)."""
-        columns = {
-            "pos_fc": [0, 1, 2],
-            "size_fc": list(range(ANCHOR_W, ANCHOR_H + 1)),
-            "yaw_fc": [ANCHOR_SIN, ANCHOR_COS],
-            "vel_fc": list(range(ANCHOR_VX, ANCHOR_VX + self.vel_dims)),
-        }
-        return [column for name, _ in self._branches() for column in columns[name]]
+        return [column for _, columns in self._branch_inputs() for column in range(columns.start, columns.stop)]
 
     def flat_parameters(self) -> Tensor:
         """All parameters as one tensor, the branches stacked (`BranchLayout`) and then the output
@@ -97,12 +101,7 @@ class AnchorEncoder(nn.Module):
         def mlp(name: str, x: Tensor) -> Tensor:
             return run_mlp(getattr(self, name), name, x, named)
 
-        parts = [mlp("pos_fc", anchor[..., :3])]
-        if not self.pos_embed_only:
-            parts.append(mlp("size_fc", anchor[..., ANCHOR_W : ANCHOR_H + 1]))
-            parts.append(mlp("yaw_fc", anchor[..., ANCHOR_SIN : ANCHOR_COS + 1]))
-            if self.vel_fc is not None:
-                parts.append(mlp("vel_fc", anchor[..., ANCHOR_VX : ANCHOR_VX + self.vel_dims]))
+        parts = [mlp(name, anchor[..., columns]) for name, columns in self._branch_inputs()]
         if self.mode == "cat":
             out = torch.cat(parts, dim=-1)
         else:
