@@ -16,9 +16,10 @@
 #   bash benchmarks/gpu_session.sh ab-graphed         # base vs graphed clip + AdamW in one process (one compile,
 #                                                     # alternating blocks): fits a fresh machine's call
 #   bash benchmarks/gpu_session.sh ab-toggle NAME...  # one process, for each NAME blocks alternating with it flipped
-#                                                     # and not (train_throughput --ab): anchor-encoder (stacked /
-#                                                     # per branch; the encoder alone first), denoising-solve
-#                                                     # (parallel / one task; its host wait alone first)
+#                                                     # and not (train_throughput --ab), then each NAME's own bench:
+#                                                     # anchor-encoder (stacked / per branch; compiles twice: on a
+#                                                     # fresh machine give it a call of its own), denoising-costs
+#                                                     # (GT on the host / moved to the GPU; the wait in finish())
 #   bash benchmarks/gpu_session.sh trainer-ab ARGS... # the same through the trainer's Lightning module, 1 GPU
 #                                                     # (ddp_scaling.py --devices 1, reduce-overhead regions),
 #                                                     # e.g. ARGS = --graphed-optimizer
@@ -69,7 +70,7 @@ case "$stage" in
             --json "$out/agg_visible.json" >"$out/agg_visible.log" 2>&1
         ;;
     train)
-        timeout 30 python3 benchmarks/denoising_solve.py --device cuda --workers 1 8 >"$out/denoising_solve.json" 2>"$out/denoising_solve.log"
+        timeout 40 python3 benchmarks/denoising_solve.py --device cuda --workers 8 --gt host device >"$out/denoising_solve.json" 2>"$out/denoising_solve.log"
         timeout 545 python3 benchmarks/train_throughput.py --steps 16 --warmup 5 --fused-adam --compile \
             --compile-mode reduce-overhead --flops-tflop 12.27 --profile --host-timeline \
             --trace "$out/trace.json.gz" --json "$out/train.json" "$@" >"$out/train.log" 2>&1
@@ -87,7 +88,7 @@ case "$stage" in
             --skip-backbone-only --flops-tflop 12.27 --ab-graphed-optimizer --json "$out/ab_graphed.json" >"$out/ab_graphed.log" 2>&1
         ;;
     ab-toggle)
-        [ $# -gt 0 ] || { echo "ab-toggle needs NAMEs: anchor-encoder denoising-solve" >&2; exit 2; }
+        [ $# -gt 0 ] || { echo "ab-toggle needs NAMEs: anchor-encoder denoising-costs" >&2; exit 2; }
         # the training step first (a fresh machine compiles for about 5.5 minutes), then each toggle's own bench
         timeout 500 python3 benchmarks/train_throughput.py --steps 30 --warmup 5 --fused-adam --compile --compile-mode reduce-overhead \
             --skip-backbone-only --flops-tflop 12.27 --ab "$@" --json "$out/ab_toggle.json" >"$out/ab_toggle.log" 2>&1
@@ -95,7 +96,7 @@ case "$stage" in
             case "$toggle" in
                 anchor-encoder) timeout 60 python3 benchmarks/anchor_encoder_kernels.py --device cuda \
                     >"$out/anchor_encoder_kernels.json" 2>"$out/anchor_encoder_kernels.log" ;;
-                denoising-solve) timeout 20 python3 benchmarks/denoising_solve.py --device cuda --workers 1 8 \
+                denoising-costs) timeout 40 python3 benchmarks/denoising_solve.py --device cuda --workers 1 8 --gt host device \
                     >"$out/denoising_solve.json" 2>"$out/denoising_solve.log" ;;
             esac
         done

@@ -50,12 +50,14 @@ import torch
 from host_clock import HostClock  # noqa: E402  (benchmarks/, next to this script)
 from part_split import AGGREGATION_KERNELS, OPTIMIZER_SCOPES, PART_PREFIX, annotate, gpu_ms_by_part, part  # noqa: E402
 
+from sparse4d.batch import TARGET_KEYS
 from sparse4d.config.dataset import NormalizeConfig
 from sparse4d.config.model import ModelConfig
 from sparse4d.config.train import TrainConfig
 from sparse4d.data.depth_targets import first_level_stride
 from sparse4d.engine.optim import build_optimizer
-from sparse4d.model import aggregation, denoising
+from sparse4d.engine.runloop import move_batch
+from sparse4d.model import aggregation
 from sparse4d.model import fused_aggregation
 from sparse4d.model.fused_aggregation import enable_fused_aggregation
 from sparse4d.model.sparse4d import Sparse4D
@@ -131,14 +133,14 @@ def synthetic_batch(batch: int, num_gt: int, step: int, seed: int = 0, pin: bool
             for k, v in out.items()}
 
 
+# Whether the GT lists stay on the host, as the trainer leaves them (`data_module.transfer_batch_to_device`):
+# the denoising assignment is then solved from host data; False moves them with the rest (its
+# costs are then computed on the GPU and copied back, behind whatever the GPU still runs).
+GT_ON_HOST = True
+
+
 def to_device(batch: dict, device: torch.device) -> dict:
-    def move(v):
-        if isinstance(v, torch.Tensor):
-            return v.to(device, non_blocking=True)
-        if isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
-            return [t.to(device, non_blocking=True) for t in v]
-        return v
-    return {k: move(v) for k, v in batch.items()}
+    return move_batch(batch, device, keep=TARGET_KEYS if GT_ON_HOST else ())
 
 
 def emit(record: dict, json_path: str | None) -> None:
@@ -400,14 +402,15 @@ def _set_stacked(model: Sparse4D, on: bool) -> None:
     model.head.anchor_encoder.stack_branches = on
 
 
-def _set_parallel_solves(model: Sparse4D, on: bool) -> None:
-    denoising.SOLVE_GROUPS_IN_PARALLEL = on
+def _set_gt_on_host(model: Sparse4D, on: bool) -> None:
+    global GT_ON_HOST
+    GT_ON_HOST = on
 
 
 # --ab NAME: (read the setting, set it, names of its on and off states) of what the in-process A/B flips
 AB_TOGGLES = {
     "anchor-encoder": (lambda model: model.head.anchor_encoder.stack_branches, _set_stacked, ("stacked", "branches")),
-    "denoising-solve": (lambda model: denoising.SOLVE_GROUPS_IN_PARALLEL, _set_parallel_solves, ("parallel", "one_task")),
+    "denoising-costs": (lambda model: GT_ON_HOST, _set_gt_on_host, ("host", "device")),
 }
 
 
@@ -436,7 +439,8 @@ def main() -> int:
     parser.add_argument("--ab", nargs="+", choices=sorted(AB_TOGGLES), default=[],
                         help="after the timed steps, for each NAME in turn, alternate blocks of --steps steps with that setting flipped "
                              "and as it was, in the same process (anchor-encoder: stacked / per-branch, the decoder layer compiles once "
-                             "per path; denoising-solve: its Hungarian solves in parallel / in one task); results under ab.NAME")
+                             "per path; denoising-costs: the GT left on the host and the denoising costs computed there / the GT moved to "
+                             "the GPU and the costs computed there); results under ab.NAME")
     parser.add_argument("--auto-gc", action="store_true",
                         help="keep Python's automatic garbage collection on (before session 12; the trainer now pauses it and "
                              "collects the young generation every 50 steps)")
@@ -779,7 +783,6 @@ def real_data_steps(spec, *, steps: int, warmup: int, device: torch.device, bf16
     """
     from sparse4d.engine.data_module import Sparse4DDataModule
     from sparse4d.engine.lightning_module import Sparse4DLightning
-    from sparse4d.engine.runloop import move_batch
     from sparse4d.engine.train import build_model
 
     torch.backends.cudnn.benchmark = bool(spec.train.cudnn.benchmark)
@@ -817,7 +820,7 @@ def real_data_steps(spec, *, steps: int, warmup: int, device: torch.device, bf16
             batches = iter(data.train_dataloader())
             batch = next(batches)
         waited = time.perf_counter() - before
-        batch = move_batch(batch, device)
+        batch = data.transfer_batch_to_device(batch, device, 0)  # the trainer's move: the GT stays on the host
         with autocast():
             loss = module.training_step(batch, step)
         loss.backward()

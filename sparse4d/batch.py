@@ -38,6 +38,9 @@ BOX_X, BOX_Y, BOX_Z, BOX_W, BOX_L, BOX_H, BOX_YAW, BOX_VX, BOX_VY, BOX_VZ = rang
 ANCHOR_X, ANCHOR_Y, ANCHOR_Z, ANCHOR_W, ANCHOR_L, ANCHOR_H, ANCHOR_SIN, ANCHOR_COS, ANCHOR_VX, ANCHOR_VY, ANCHOR_VZ = range(11)
 BOX_DIMS = 10
 ANCHOR_DIMS = 11
+# The per-sample GT lists: the trainer leaves them on the host when the rest of a batch moves to the
+# GPU (the model copies them over itself and solves the denoising assignment from the host copies).
+TARGET_KEYS = ("gt_bboxes_3d", "gt_labels_3d", "instance_ids")
 
 
 def check_targets(batch: dict, num_classes: int) -> None:

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from sparse4d.batch import check_targets
+from sparse4d.batch import TARGET_KEYS, check_targets
 from sparse4d.data.collate import collate_sparse4d
 from sparse4d.data.dataset import OVPKLDataset, SampleKey
 from sparse4d.data.depth_targets import first_level_stride
@@ -103,6 +103,16 @@ class Sparse4DDataModule(pl.LightningDataModule):
         """Check the GT labels while they are still on the host (on the GPU the check would be a sync)."""
         check_targets(batch, len(self.dataset_cfg.classes))
         return batch
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        """Everything but the GT lists (`batch.TARGET_KEYS`): the model copies those to the device
+        itself and solves the denoising assignment from the host copies, so that solve does not
+        wait for the GPU to finish the previous step."""
+        if not isinstance(batch, dict):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        kept = {key: batch[key] for key in TARGET_KEYS if key in batch}
+        moved = super().transfer_batch_to_device({k: v for k, v in batch.items() if k not in kept}, device, dataloader_idx)
+        return {**moved, **kept}
 
     def train_sampler(self) -> EpochOffsetSampler:
         assert self.train_set is not None

@@ -12,10 +12,14 @@ from sparse4d.engine.predictions import add_first, results_from_decoded
 from sparse4d.model.graphed_stream import GraphedStream
 
 
-def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def move_batch(batch: dict[str, Any], device: torch.device, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The batch's tensors (and lists of tensors) on `device`, non-blocking; the keys in `keep` stay
+    where they are (the trainer keeps `batch.TARGET_KEYS` on the host)."""
     out = {}
     for key, value in batch.items():
-        if isinstance(value, torch.Tensor):
+        if key in keep:
+            out[key] = value
+        elif isinstance(value, torch.Tensor):
             out[key] = value.to(device, non_blocking=True)
         elif isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
             out[key] = [v.to(device, non_blocking=True) for v in value]

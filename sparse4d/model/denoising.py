@@ -12,6 +12,7 @@ the GT they denoised; a carried query whose instance left the scene becomes back
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -93,18 +94,25 @@ def start_denoising_queries(
     max_dn_gt: int,
     add_neg_dn: bool,
     reg_weights: Tensor,
+    device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
 ) -> PendingDenoising | None:
-    """Queue the noisy anchors and the copy of their assignment costs to the host; `finish()` solves.
+    """Start the in-group assignments on the Hungarian workers; `finish()` waits for them and builds
+    the queries on `device` (default: where the GT is).
 
-    The noise is drawn on the CPU (from `generator` when given) and copied once. Queue this before
-    the backbone and finish after it: a worker thread solves while the GPU runs the backbone.
+    Where the GT (and `reg_weights`) live decides where the assignment costs are computed. From host
+    GT (the trainer keeps the GT on the host, `batch.TARGET_KEYS`) each worker computes its own
+    group's costs, so the solves never wait for the GPU: on a GPU a cost computed there and copied
+    back queues behind everything already queued, such as the previous step's backward. From GT on
+    a GPU the costs are computed there and copied back (`HostCopy`). Either way the noise is drawn
+    on the CPU (from `generator` when given). Start this before the backbone and finish after it.
     """
     counts = [min(len(g), max_dn_gt) for g in gt_labels]
     num_gt = max(counts, default=0)
     if num_gt == 0:
         return None
-    device = gt_anchors[0].device
+    source = gt_anchors[0].device
+    device = source if device is None else torch.device(device)
     dtype = gt_anchors[0].dtype
     b = len(gt_anchors)
     per_copy = 2 if add_neg_dn else 1
@@ -120,60 +128,87 @@ def start_denoising_queries(
     for i, n in enumerate(counts):
         for k in range(per_copy):
             slot_valid[i, k * num_gt : k * num_gt + n] = True
-    noisy = gt[:, None].repeat(1, num_groups, per_copy, 1) + to_device(noise.numpy(), device).to(dtype)
-    valid = to_device(np.repeat(slot_valid[:, None], num_groups, axis=1), device)  # (B, G, M)
-    noisy = torch.where(valid[..., None], noisy, torch.zeros((), dtype=dtype, device=device))
-    cost = box_l1_cost(noisy.flatten(0, 1), gt.repeat_interleave(num_groups, dim=0), reg_weights.to(dtype))  # (B*G, M, N)
-    copy, pool = HostCopy(cost), solver_pool()
-    problems = [(i * num_groups + k, np.flatnonzero(slot_valid[i]), counts[i]) for i in range(b) for k in range(num_groups)]
-    if SOLVE_GROUPS_IN_PARALLEL:
-        solved = [pool.submit(_solve_groups, copy, [problem]) for problem in problems]
-    else:
-        solved = [pool.submit(_solve_groups, copy, problems)]
-    return PendingDenoising(noisy, valid, raw, labels, ids, num_groups, solved)
+    noisy = gt[:, None].repeat(1, num_groups, per_copy, 1) + to_device(noise.numpy(), source).to(dtype)
+    valid = to_device(np.repeat(slot_valid[:, None], num_groups, axis=1), source)  # (B, G, M)
+    noisy = torch.where(valid[..., None], noisy, torch.zeros((), dtype=dtype, device=source))
+    costs = group_costs(noisy, gt, reg_weights.to(device=source, dtype=dtype), on_host=source.type == "cpu")
+    pool = solver_pool()
+    solved = [pool.submit(_solve_group, costs, i * num_groups + k, np.flatnonzero(slot_valid[i]), counts[i])
+              for i in range(b) for k in range(num_groups)]
+    return PendingDenoising(moved(noisy, device), moved(valid, device), raw, labels, ids, num_groups, solved, device)
 
 
-# One solve per (sample, group) on the Hungarian workers: the main thread waits for them before the
-# head, so they run side by side (scipy releases the GIL). False: all of them one after another in one
-# task, as before session 14 (9-13 ms of the main thread's wait per H100 step); for A/B measurements.
-SOLVE_GROUPS_IN_PARALLEL = True
+def group_costs(noisy: Tensor, gt: Tensor, reg_weights: Tensor, *, on_host: bool) -> Callable[[int], np.ndarray]:
+    """Problem p = sample * G + group -> its (M, N) weighted L1 costs between noisy anchors (B, G, M, D)
+    and the sample's GT (B, N, D) (both NaN-free).
+
+    on_host: computed by the worker that asks, from host arrays (numpy releases the GIL, so the
+    groups' costs are computed side by side, and torch's intra-op threads are not started from
+    several workers at once). Else all groups' costs in one `box_l1_cost` where the tensors are,
+    copied to the host once and read by every worker (each waits for the copy)."""
+    groups = noisy.shape[1]
+    if on_host:
+        flat, targets, weights = noisy.flatten(0, 1).numpy(), gt.numpy(), reg_weights.numpy()
+        return lambda p: weighted_l1(flat[p], targets[p // groups], weights)
+    copy = HostCopy(box_l1_cost(noisy.flatten(0, 1), gt.repeat_interleave(groups, dim=0), reg_weights))  # (B*G, M, N)
+    return lambda p: copy.numpy()[p]
 
 
-def _solve_groups(cost: HostCopy, problems: list[tuple[int, np.ndarray, int]]) -> np.ndarray:
-    """(problems, M) GT index of each slot of the given denoising groups, one problem being (sample *
-    G + group, its valid slots, its GT count): waits for the costs' copy, then solves."""
-    costs = cost.numpy()
-    return np.concatenate([solve_assignments(costs[p : p + 1], [n], [rows]) for p, rows, n in problems])
+def weighted_l1(boxes: np.ndarray, gt: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(M, D), (N, D), (D,) -> (M, N) sum over d of weights[d] * |boxes[:, d] - gt[:, d]|, one (M, N)
+    pass per weighted dimension (7x faster than broadcasting to (M, N, D) and summing the short last
+    axis; the default denoising weights leave 5 of 11 dimensions out)."""
+    cost = np.zeros((len(boxes), len(gt)), dtype=np.result_type(boxes, gt, weights))
+    for d in np.flatnonzero(weights):
+        cost += np.abs(boxes[:, d, None] - gt[None, :, d]) * weights[d]
+    return cost
+
+
+def _solve_group(costs: Callable[[int], np.ndarray], problem: int, rows: np.ndarray, num_gt: int) -> np.ndarray:
+    """(M,) GT index of each slot of one denoising group (problem = sample * G + group), UNASSIGNED
+    for slots outside `rows` (its valid slots) and where no GT is left."""
+    return solve_assignments(costs(problem)[None], [num_gt], [rows])[0]
+
+
+def moved(tensor: Tensor, device: torch.device) -> Tensor:
+    """`tensor` on `device`; from the host without a host sync (pinned, non-blocking copy on CUDA)."""
+    if tensor.device == device:
+        return tensor
+    if tensor.device.type == "cpu":
+        return to_device(tensor.numpy(), device)
+    return tensor.to(device)
 
 
 @dataclass
 class PendingDenoising:
     """Denoising queries whose in-group assignments are being solved on the Hungarian workers (the
-    solve waits there for the costs' copy; the main thread keeps queuing the backbone meanwhile)."""
+    main thread keeps queuing the backbone meanwhile)."""
 
-    noisy: Tensor  # (B, G, M, D)
-    valid: Tensor  # (B, G, M)
-    raw: Tensor  # (B, N, D) padded GT anchors
+    noisy: Tensor  # (B, G, M, D) on `device`
+    valid: Tensor  # (B, G, M) on `device`
+    raw: Tensor  # (B, N, D) padded GT anchors, where the GT was given
     labels: Tensor  # (B, N)
     ids: Tensor  # (B, N)
     num_groups: int
-    assigned: list[Future[np.ndarray]]  # (groups, M) per task; all tasks together sample-major
+    assigned: list[Future[np.ndarray]]  # (M,) per (sample, group), sample-major
+    device: torch.device
 
     def finish(self) -> DenoisingQueries:
-        """Wait for the assignments and build the queries and targets."""
+        """Wait for the assignments and build the queries and targets (gathered where the GT is,
+        then moved to `device`)."""
         g, m = self.valid.shape[1:]
-        device, dtype = self.noisy.device, self.noisy.dtype
+        dtype = self.noisy.dtype
         b = self.valid.shape[0]
-        index = to_device(np.concatenate([solve.result() for solve in self.assigned]).reshape(b, g, m), device)
+        index = moved(torch.from_numpy(np.stack([solve.result() for solve in self.assigned]).reshape(b, g, m)), self.raw.device)
         hit = (index >= 0).flatten(1, 2)
         safe = index.clamp(min=0).flatten(1, 2)  # (B, G*M)
-        zero = torch.zeros((), dtype=dtype, device=device)
+        zero = torch.zeros((), dtype=dtype, device=self.raw.device)
         return DenoisingQueries(
             anchors=self.noisy.flatten(1, 2),
-            box_targets=torch.where(hit[..., None], gather_rows(self.raw, safe), zero),
-            cls_targets=torch.where(hit, torch.gather(self.labels, 1, safe), torch.full_like(safe, -1)),
+            box_targets=moved(torch.where(hit[..., None], gather_rows(self.raw, safe), zero), self.device),
+            cls_targets=moved(torch.where(hit, torch.gather(self.labels, 1, safe), torch.full_like(safe, -1)), self.device),
             valid=self.valid.flatten(1, 2),
-            instance_ids=torch.where(hit, torch.gather(self.ids, 1, safe), torch.full_like(safe, -1)),
+            instance_ids=moved(torch.where(hit, torch.gather(self.ids, 1, safe), torch.full_like(safe, -1)), self.device),
             num_groups=g,
             group_size=m,
         )

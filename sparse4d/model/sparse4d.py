@@ -25,7 +25,7 @@ from .anchor_encoder import AnchorEncoder
 from .backbone import ResNet
 from .box_coding import encode_boxes
 from .decoder import decode_topk, to_detections
-from .denoising import CarriedDenoising, DenoisingQueries, PendingDenoising, fit_group_size, retarget_carried, start_denoising_queries
+from .denoising import CarriedDenoising, DenoisingQueries, PendingDenoising, fit_group_size, moved, retarget_carried, start_denoising_queries
 from .depth import DenseDepthNet
 from .grid_mask import GridMask, hide_grid
 from .head import HeadOutput, Sparse4DHead
@@ -60,6 +60,11 @@ class DenoisingSettings:
     max_dn_gt: int = 128
     add_neg_dn: bool = True
     reg_weights: tuple[float, ...] = (2.0, 2.0, 2.0, 0.5, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def targets_on(targets: dict[str, list[Tensor]], device: torch.device) -> dict[str, list[Tensor]]:
+    """Per-sample GT tensors on `device`; from the host without a host sync."""
+    return {key: [moved(t, device) for t in values] for key, values in targets.items()}
 
 
 class Sparse4D(nn.Module):
@@ -110,6 +115,7 @@ class Sparse4D(nn.Module):
         self.register_buffer("_reversible_classes", torch.tensor(losses.cls_allow_reverse, dtype=torch.int64), persistent=False)
         dn_weights = denoising.reg_weights if denoising is not None else losses.match_reg_weights
         self.register_buffer("_dn_reg_weights", torch.tensor(dn_weights, dtype=torch.float32), persistent=False)
+        self._dn_reg_weights_host = torch.tensor(dn_weights, dtype=torch.float32)  # not a buffer: stays on the host
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -371,17 +377,20 @@ class Sparse4D(nn.Module):
         gt = None
         pending_dn: PendingDenoising | None = None
         if self.training:
-            gt = self._targets(batch, device)
+            given = self._targets(batch)
+            gt = targets_on(given, device)
             if self.denoising is not None and self.denoising.num_groups > 0:
-                pending_dn = start_denoising_queries(  # solved after the backbone is queued
-                    gt["anchors"],
-                    gt["labels"],
-                    gt["ids"],
+                on_host = given["anchors"][0].device.type == "cpu"
+                pending_dn = start_denoising_queries(  # solved after the backbone is queued; on the host from host GT
+                    given["anchors"],
+                    given["labels"],
+                    given["ids"],
                     num_groups=self.denoising.num_groups,
                     noise_scale=list(self.denoising.noise_scale),
                     max_dn_gt=self.denoising.max_dn_gt,
                     add_neg_dn=self.denoising.add_neg_dn,
-                    reg_weights=self._dn_reg_weights,
+                    reg_weights=self._dn_reg_weights_host if on_host else self._dn_reg_weights,
+                    device=device,
                 )
 
         grids = self.grid_mask.draw(img) if self.grid_mask is not None and self.training else None
@@ -444,15 +453,18 @@ class Sparse4D(nn.Module):
         return to_detections(out["decoded"])
 
     # ------------------------------------------------------------------ losses
-    def _targets(self, batch: dict[str, Any], device: torch.device) -> dict[str, list[Tensor]]:
+    def _targets(self, batch: dict[str, Any]) -> dict[str, list[Tensor]]:
+        """Encoded GT anchors, labels and instance ids per sample, where the batch holds them: the
+        trainer keeps them on the host (`batch.TARGET_KEYS`), where the denoising assignment is
+        solved without waiting for the GPU; the caller moves them to the device for the losses."""
         check_targets(batch, self.num_classes)  # label values are checked only while on the host
         anchors, labels, ids = [], [], []
         inst = batch.get("instance_ids")
         for i in range(batch["img"].shape[0]):
-            lab = batch["gt_labels_3d"][i].to(device=device, dtype=torch.int64)
-            anchors.append(encode_boxes(batch["gt_bboxes_3d"][i].to(device=device, dtype=torch.float32)))
+            lab = batch["gt_labels_3d"][i].to(dtype=torch.int64)
+            anchors.append(encode_boxes(batch["gt_bboxes_3d"][i].to(dtype=torch.float32)))
             labels.append(lab)
-            ids.append(inst[i].to(device=device, dtype=torch.int64) if inst is not None else torch.arange(len(lab), device=device))
+            ids.append(inst[i].to(dtype=torch.int64) if inst is not None else torch.arange(len(lab), device=lab.device))
         return {"anchors": anchors, "labels": labels, "ids": ids}
 
     def _regression_weights(self, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -587,7 +599,7 @@ class Sparse4D(nn.Module):
         plus the depth loss; 'loss' is their sum. The host waits only for the matching costs' copies,
         which the forward started layer by layer."""
         device = out["prediction"][0].device
-        gt = out.get("targets") or self._targets(batch, device)
+        gt = out.get("targets") or targets_on(self._targets(batch), device)
         assigned, gt_labels, gt_anchors = self._match_all_layers(out, gt)
         ids = pad_sequence(gt["ids"], batch_first=True, padding_value=-2) if gt["ids"] else None
         layer_dn = out.get("layer_dn") or [out.get("dn")] * len(out["prediction"])

@@ -111,20 +111,39 @@ def test_in_process_ab_toggles_flip_what_they_name(tmp_path):
     """train_throughput --ab NAME: each toggle reads back what it set (the GPU run alternates on it)."""
     import numpy as np
 
-    from sparse4d.model import denoising
+    import train_throughput
     from sparse4d.model.sparse4d import Sparse4D
     from tests.model.model_helpers import random_anchors, small_config
     from train_throughput import AB_TOGGLES
 
     np.save(tmp_path / "anchor_init.npy", random_anchors(64))
     model = Sparse4D.from_config(small_config(str(tmp_path / "anchor_init.npy")), num_classes=3)
-    assert sorted(AB_TOGGLES) == ["anchor-encoder", "denoising-solve"]
+    assert sorted(AB_TOGGLES) == ["anchor-encoder", "denoising-costs"]
     try:
         for get, set_, names in AB_TOGGLES.values():
             assert len(names) == 2
             for state in (True, False, True):
                 set_(model, state)
                 assert get(model) is state
-        assert model.head.anchor_encoder.stack_branches and denoising.SOLVE_GROUPS_IN_PARALLEL
+        assert model.head.anchor_encoder.stack_branches and train_throughput.GT_ON_HOST
     finally:
-        denoising.SOLVE_GROUPS_IN_PARALLEL = True
+        train_throughput.GT_ON_HOST = True
+
+
+def test_the_benchmark_leaves_the_gt_on_the_host_as_the_trainer_does():
+    """denoising-costs "host": the GT lists stay where they are and the rest moves; "device": all move."""
+    import torch
+
+    import train_throughput
+
+    batch = train_throughput.synthetic_batch(1, 3, 0, pin=False, width=64, height=32)
+    meta = torch.device("meta")
+    try:
+        for on_host in (True, False):
+            train_throughput.GT_ON_HOST = on_host
+            moved = train_throughput.to_device(batch, meta)
+            assert moved["img"].device == meta
+            for key in ("gt_bboxes_3d", "gt_labels_3d", "instance_ids"):
+                assert moved[key][0].device.type == ("cpu" if on_host else "meta"), (on_host, key)
+    finally:
+        train_throughput.GT_ON_HOST = True

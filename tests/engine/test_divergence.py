@@ -77,6 +77,18 @@ def test_labels_are_checked_on_the_host_before_transfer() -> None:
         data.on_before_batch_transfer(batches(1, label=3)[0], 0)
 
 
+def test_the_gt_lists_stay_on_the_host_when_the_batch_moves() -> None:
+    """The model solves the denoising assignment from host GT (no wait for the GPU): the data module
+    moves everything else (meta stands in for a GPU)."""
+    data = Sparse4DDataModule(SimpleNamespace(classes=["a", "b", "c"]), None, seed=0)
+    batch = batches(1, label=2)[0]
+    moved = data.transfer_batch_to_device(batch, torch.device("meta"), 0)
+    assert moved.keys() == batch.keys()
+    assert moved["img"].device.type == "meta"
+    for key in ("gt_bboxes_3d", "gt_labels_3d"):
+        assert all(t.device.type == "cpu" for t in moved[key]), key
+
+
 class RecordingLogger(pl.loggers.Logger):
     """Keeps what the module writes (step, metrics)."""
 

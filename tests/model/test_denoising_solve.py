@@ -1,5 +1,6 @@
 """The denoising groups' in-group assignments: one solve per (sample, group) on the Hungarian workers,
-each the optimal assignment of its own costs; non-finite costs still get an assignment."""
+each the optimal assignment of its own costs, computed from host GT on the worker; non-finite costs
+still get an assignment."""
 from __future__ import annotations
 
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -64,22 +65,33 @@ def test_non_finite_costs_still_get_an_assignment() -> None:
     assert finite_costs(clean).dtype == np.float64 and np.array_equal(finite_costs(clean), clean.astype(np.float64))
 
 
-def test_one_task_schedule_gives_the_same_queries(monkeypatch) -> None:
-    """SOLVE_GROUPS_IN_PARALLEL = False (the A/B's old schedule): one task, the same assignments."""
-    def queries(parallel: bool):
-        monkeypatch.setattr(denoising, "SOLVE_GROUPS_IN_PARALLEL", parallel)
-        pool = RecordingPool()
-        monkeypatch.setattr(denoising, "solver_pool", lambda: pool)
-        g = torch.Generator().manual_seed(11)
-        gt = [torch.randn(n, 11, generator=g) * 3 for n in (4, 3)]
-        labels = [torch.randint(0, 3, (len(x),), generator=g) for x in gt]
-        ids = [torch.arange(len(x)) for x in gt]
-        dn = denoising.make_denoising_queries(gt, labels, ids, num_groups=2, noise_scale=[1.0] * 11, max_dn_gt=8, add_neg_dn=True,
-                                              reg_weights=torch.ones(11), generator=g)
-        pool.shutdown()
-        return pool.submitted, dn
+def test_costs_from_host_arrays_equal_the_device_formula() -> None:
+    """The workers' numpy costs (host GT) are `box_l1_cost`, the formula the GPU path computes."""
+    g = torch.Generator().manual_seed(11)
+    noisy = torch.randn(2, 3, 6, 11, generator=g) * 4  # (B, G, M, D)
+    gt = torch.randn(2, 5, 11, generator=g) * 4
+    weights = torch.rand(11, generator=g)
+    weights[[2, 6, 7]] = 0.0  # dimensions left out, as the default weights leave yaw and velocity out
+    expected = box_l1_cost(noisy.flatten(0, 1), gt.repeat_interleave(3, dim=0), weights).numpy()
+    for on_host in (True, False):
+        costs = denoising.group_costs(noisy, gt, weights, on_host=on_host)
+        for p in range(6):
+            np.testing.assert_allclose(costs(p), expected[p], rtol=1e-6, atol=1e-5, err_msg=f"on_host={on_host} problem {p}")
 
-    (serial_tasks, serial), (parallel_tasks, parallel) = queries(False), queries(True)
-    assert (serial_tasks, parallel_tasks) == (1, 4)
+
+def test_host_gt_gives_queries_on_the_requested_device(monkeypatch) -> None:
+    """GT on the host, queries for another device: every query tensor lands there (meta stands in for
+    a GPU: the copy path is the same), and the host-side solve does not touch the device."""
+    g = torch.Generator().manual_seed(3)
+    gt = [torch.randn(n, 11, generator=g) for n in (4, 2)]
+    labels = [torch.randint(0, 3, (len(x),), generator=g) for x in gt]
+    ids = [torch.arange(len(x)) for x in gt]
+    copies = []
+    monkeypatch.setattr(denoising, "to_device", lambda array, device: copies.append(device) or torch.from_numpy(array).to(device))
+    pending = denoising.start_denoising_queries(gt, labels, ids, num_groups=2, noise_scale=[1.0] * 11, max_dn_gt=8, add_neg_dn=True,
+                                                reg_weights=torch.ones(11), device="meta", generator=g)
+    assert pending is not None
+    dn = pending.finish()
     for name in ("anchors", "box_targets", "cls_targets", "valid", "instance_ids"):
-        assert torch.equal(getattr(serial, name), getattr(parallel, name)), name
+        assert getattr(dn, name).device.type == "meta", name
+    assert {d.type for d in copies} == {"cpu", "meta"}  # host arrays stay host; only the results move
