@@ -13,13 +13,14 @@
 #   bash benchmarks/gpu_session.sh eager-ops          # eager ops between the regions (CPU-side count)
 #   bash benchmarks/gpu_session.sh ab ARGS...         # A/B on a warm machine: the compiled step without, then
 #                                                     # with ARGS (30 steps each, no profile); run it twice
-#   bash benchmarks/gpu_session.sh ab-graphed         # base vs graphed clip + AdamW in one process (one compile,
-#                                                     # alternating blocks): fits a fresh machine's call
 #   bash benchmarks/gpu_session.sh ab-toggle NAME...  # one process, for each NAME blocks alternating with it flipped
 #                                                     # and not (train_throughput --ab), then each NAME's own bench:
 #                                                     # anchor-encoder (stacked / per branch; compiles twice: on a
 #                                                     # fresh machine give it a call of its own), denoising-costs
-#                                                     # (GT on the host / moved to the GPU; the wait in finish())
+#                                                     # (GT on the host / moved to the GPU; the wait in finish()),
+#                                                     # graphed-optimizer (clip + AdamW as one CUDA graph / eager).
+#                                                     # `ab-toggle denoising-costs graphed-optimizer` fits a fresh
+#                                                     # machine's call (one compilation)
 #   bash benchmarks/gpu_session.sh trainer-ab ARGS... # the same through the trainer's Lightning module, 1 GPU
 #                                                     # (ddp_scaling.py --devices 1, reduce-overhead regions),
 #                                                     # e.g. ARGS = --graphed-optimizer
@@ -32,11 +33,11 @@ set -u
 if [ -n "${GPU_SESSION_DRY_RUN:-}" ]; then
     timeout() { shift; printf '%q ' "$@" >>"$GPU_SESSION_DRY_RUN"; echo >>"$GPU_SESSION_DRY_RUN"; }
 fi
-stage="${1:?stage: tests | tests-train | kernel | train | eager-ops | ab | ab-graphed | ab-toggle | trainer-ab}"
+stage="${1:?stage: tests | tests-train | kernel | train | eager-ops | ab | ab-toggle | trainer-ab}"
 shift
 case "$stage" in
-    tests | tests-train | kernel | train | eager-ops | ab | ab-graphed | ab-toggle | trainer-ab) ;;
-    *) echo "unknown stage $stage (tests | tests-train | kernel | train | eager-ops | ab | ab-graphed | ab-toggle | trainer-ab)" >&2; exit 2 ;;
+    tests | tests-train | kernel | train | eager-ops | ab | ab-toggle | trainer-ab) ;;
+    *) echo "unknown stage $stage (tests | tests-train | kernel | train | eager-ops | ab | ab-toggle | trainer-ab)" >&2; exit 2 ;;
 esac
 out="${OUT:-$PWD/gpu_out}"
 mkdir -p "$out"
@@ -83,12 +84,8 @@ case "$stage" in
         timeout 280 python3 benchmarks/train_throughput.py "${common[@]}" --json "$out/ab_base.json" >"$out/ab_base.log" 2>&1
         timeout 280 python3 benchmarks/train_throughput.py "${common[@]}" "$@" --json "$out/ab_variant.json" >"$out/ab_variant.log" 2>&1
         ;;
-    ab-graphed)
-        timeout 570 python3 benchmarks/train_throughput.py --steps 30 --warmup 5 --fused-adam --compile --compile-mode reduce-overhead \
-            --skip-backbone-only --flops-tflop 12.27 --ab-graphed-optimizer --json "$out/ab_graphed.json" >"$out/ab_graphed.log" 2>&1
-        ;;
     ab-toggle)
-        [ $# -gt 0 ] || { echo "ab-toggle needs NAMEs: anchor-encoder denoising-costs" >&2; exit 2; }
+        [ $# -gt 0 ] || { echo "ab-toggle needs NAMEs: anchor-encoder denoising-costs graphed-optimizer" >&2; exit 2; }
         # the training step first (a fresh machine compiles for about 5.5 minutes), then each toggle's own bench
         timeout 500 python3 benchmarks/train_throughput.py --steps 30 --warmup 5 --fused-adam --compile --compile-mode reduce-overhead \
             --skip-backbone-only --flops-tflop 12.27 --ab "$@" --json "$out/ab_toggle.json" >"$out/ab_toggle.log" 2>&1

@@ -55,6 +55,7 @@ from sparse4d.config.dataset import NormalizeConfig
 from sparse4d.config.model import ModelConfig
 from sparse4d.config.train import TrainConfig
 from sparse4d.data.depth_targets import first_level_stride
+from sparse4d.engine.graphed_step import GraphedOptimizerStep
 from sparse4d.engine.optim import build_optimizer
 from sparse4d.engine.runloop import move_batch
 from sparse4d.model import aggregation
@@ -398,19 +399,33 @@ def kernel_kinds(kernels: list, count: int) -> dict[str, float]:
     return {k: round(v, 2) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}
 
 
-def _set_stacked(model: Sparse4D, on: bool) -> None:
-    model.head.anchor_encoder.stack_branches = on
+@dataclasses.dataclass
+class Switches:
+    """What the --ab toggles flip: the model's settings and the optimizer step the training step runs."""
+
+    model: Sparse4D
+    optimizer_step: GraphedOptimizerStep | None = None  # None: clip + the optimizer's own step
+    graphed_step: GraphedOptimizerStep | None = None  # the graphed clip + AdamW that `graphed-optimizer` swaps in
 
 
-def _set_gt_on_host(model: Sparse4D, on: bool) -> None:
+def _set_stacked(switches: Switches, on: bool) -> None:
+    switches.model.head.anchor_encoder.stack_branches = on
+
+
+def _set_gt_on_host(switches: Switches, on: bool) -> None:
     global GT_ON_HOST
     GT_ON_HOST = on
 
 
+def _set_graphed_optimizer(switches: Switches, on: bool) -> None:
+    switches.optimizer_step = switches.graphed_step if on else None
+
+
 # --ab NAME: (read the setting, set it, names of its on and off states) of what the in-process A/B flips
 AB_TOGGLES = {
-    "anchor-encoder": (lambda model: model.head.anchor_encoder.stack_branches, _set_stacked, ("stacked", "branches")),
-    "denoising-costs": (lambda model: GT_ON_HOST, _set_gt_on_host, ("host", "device")),
+    "anchor-encoder": (lambda s: s.model.head.anchor_encoder.stack_branches, _set_stacked, ("stacked", "branches")),
+    "denoising-costs": (lambda s: GT_ON_HOST, _set_gt_on_host, ("host", "device")),
+    "graphed-optimizer": (lambda s: s.optimizer_step is not None, _set_graphed_optimizer, ("graphed", "base")),
 }
 
 
@@ -429,9 +444,6 @@ def main() -> int:
     parser.add_argument("--graphed-optimizer", action="store_true",
                         help="clip + fused AdamW (capturable, tensor lr) as one CUDA-graph replay (sparse4d.engine.graphed_step): "
                              "autograd's gradients are copied into the graph's buffers with one multi-tensor copy, then released")
-    parser.add_argument("--ab-graphed-optimizer", action="store_true",
-                        help="after the timed steps, alternate blocks of --steps steps with the graphed clip + AdamW and with the "
-                             "base optimizer in the same process (one compilation for both; result under ab_graphed_optimizer)")
     parser.add_argument("--anchor-encoder", choices=("stacked", "branches"), default=None,
                         help="the anchor encoder's training path: its four MLPs stacked side by side (block-diagonal Linears, "
                              "per-segment LayerNorms; what --compile does since session 14) or one after another (eager runs, and "
@@ -440,7 +452,8 @@ def main() -> int:
                         help="after the timed steps, for each NAME in turn, alternate blocks of --steps steps with that setting flipped "
                              "and as it was, in the same process (anchor-encoder: stacked / per-branch, the decoder layer compiles once "
                              "per path; denoising-costs: the GT left on the host and the denoising costs computed there / the GT moved to "
-                             "the GPU and the costs computed there); results under ab.NAME")
+                             "the GPU and the costs computed there; graphed-optimizer: clip + AdamW replayed as one CUDA graph / the "
+                             "optimizer stepped eagerly); results under ab.NAME")
     parser.add_argument("--auto-gc", action="store_true",
                         help="keep Python's automatic garbage collection on (before session 12; the trainer now pauses it and "
                              "collects the young generation every 50 steps)")
@@ -474,8 +487,6 @@ def main() -> int:
     real.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     real.add_argument("--smoke", action="store_true", help="tiny: 2 cameras, 256x128, the small config, a few steps (runs on CPU)")
     args = parser.parse_args()
-    if args.ab and args.ab_graphed_optimizer:
-        parser.error("--ab and --ab-graphed-optimizer: one A/B per run")
     if args.data == "real":
         return real_main(args)
     if not torch.cuda.is_available():
@@ -501,8 +512,6 @@ def main() -> int:
     max_norm = float(train_cfg.optim.grad_clip.max_norm)
     graphed_step = None
     if args.graphed_optimizer:  # clip + AdamW replayed as one CUDA graph (tensor lr, capturable)
-        from sparse4d.engine.graphed_step import GraphedOptimizerStep
-
         optim = train_cfg.optim
         optimizer = torch.optim.AdamW(model.parameters(), lr=torch.tensor(float(optim.lr), device=device),
                                       weight_decay=float(optim.weight_decay), fused=True, capturable=True)
@@ -512,14 +521,11 @@ def main() -> int:
         optimizer = torch.optim.AdamW(model.parameters(), lr=float(optim.lr), weight_decay=float(optim.weight_decay), fused=True)
     else:
         optimizer = build_optimizer(model, train_cfg.optim)
-    ab_graphed_step = None
-    if args.ab_graphed_optimizer:  # a second optimizer over the same parameters, swapped in for the A/B blocks
-        from sparse4d.engine.graphed_step import GraphedOptimizerStep
-
+    switches = Switches(model, optimizer_step=graphed_step, graphed_step=graphed_step)
+    if "graphed-optimizer" in args.ab and graphed_step is None:  # a second optimizer over the same parameters
         optim = train_cfg.optim
-        ab_graphed_step = GraphedOptimizerStep(torch.optim.AdamW(model.parameters(), lr=float(optim.lr), weight_decay=float(optim.weight_decay),
-                                                                 fused=True, capturable=True), max_norm)
-    active = {"graphed": graphed_step}  # the optimizer step the training step runs (the A/B swaps it)
+        switches.graphed_step = GraphedOptimizerStep(torch.optim.AdamW(model.parameters(), lr=float(optim.lr), weight_decay=float(optim.weight_decay),
+                                                                       fused=True, capturable=True), max_norm)
     if args.compile:
         from sparse4d.engine.compile import compile_regions
 
@@ -571,8 +577,8 @@ def main() -> int:
             losses["loss"].backward()
         mark("backward_queued")
         with timeline.region("optimizer"):
-            if active["graphed"] is not None:
-                active["graphed"].step()
+            if switches.optimizer_step is not None:
+                switches.optimizer_step.step()
             else:
                 if max_norm > 0:  # the parameters as the trainer's configure_gradient_clipping takes them
                     torch.nn.utils.clip_grad_norm_([p for group in optimizer.param_groups for p in group["params"] if p.grad is not None], max_norm)
@@ -617,28 +623,17 @@ def main() -> int:
 
     step_ms = timed_block(args.warmup + 100)
     ab_blocks = None
-    if ab_graphed_step is not None:  # same process, same compiled model: base and graphed blocks alternate
-        ab_blocks = {"base_ms": [round(step_ms, 2)], "graphed_optimizer_ms": []}
-        active["graphed"] = ab_graphed_step
-        for step in range(3000, 3003):  # its eager first step, the capture, a first replay
-            train_step(step)
-        for block in range(2):
-            active["graphed"] = ab_graphed_step
-            ab_blocks["graphed_optimizer_ms"].append(round(timed_block(3100 + 200 * block), 2))
-            active["graphed"] = graphed_step
-            ab_blocks["base_ms"].append(round(timed_block(3200 + 200 * block), 2))
-        ab_blocks["graphed_eager_steps"] = ab_graphed_step.eager_steps
     for toggle in args.ab:  # same process: blocks with the setting flipped and as it was alternate
         get, set_, (on_name, off_name) = AB_TOGGLES[toggle]
-        this = get(model)
+        this = get(switches)
         label = {True: f"{on_name}_ms", False: f"{off_name}_ms"}
         blocks = {label[this]: [round(step_ms, 2)], label[not this]: []}
         for block in range(2):
-            set_(model, not this)
+            set_(switches, not this)
             for step in range(4000 + 200 * block, 4000 + 200 * block + args.warmup):  # a decoder variant compiles/records here
                 train_step(step)
             blocks[label[not this]].append(round(timed_block(4100 + 200 * block), 2))
-            set_(model, this)
+            set_(switches, this)
             blocks[label[this]].append(round(timed_block(4150 + 200 * block), 2))
         ab_blocks = {**(ab_blocks or {}), toggle: blocks}
     peak_gb = torch.cuda.max_memory_allocated() / 1e9  # since the reset after warm-up: CUDA-graph pools allocated while warming up are not in it
@@ -764,7 +759,7 @@ def main() -> int:
     if host_timeline:
         record["host_timeline_ms_median"] = host_timeline
     if ab_blocks:
-        record["ab" if args.ab else "ab_graphed_optimizer"] = ab_blocks
+        record["ab"] = ab_blocks
     emit(record, args.json)
     print(f"\n{name}: {record['samples_per_s']} samples/s ({record['step_ms']} ms/step, batch {args.batch}), "
           f"MFU {record['mfu']}, peak {record['peak_memory_gb']} GB, backbone+neck-only {record['backbone_neck_only_step_ms']} ms "

@@ -5,7 +5,9 @@ total norm, the scaling), fused AdamW's per-parameter Python setup and `zero_gra
 about 17 ms per training step on an H200 (benchmarks/README.md, session 11 host timeline) for
 about 1.5 ms of GPU work. Measured on an H100 (session 13, `gpu_session.sh ab-graphed`), replaying
 it did not shorten the step (117.8 vs 117.0 ms): the host spends that time while the GPU is still in
-the backward. So the trainer keeps it opt-in (`Sparse4DLightning(graphed_optimizer=True)`).
+the backward, and then waited for the GPU anyway at the next step's denoising costs (a wait gone
+since session 15: `gpu_session.sh ab-toggle denoising-costs graphed-optimizer` measures both). So the
+trainer keeps it opt-in (`Sparse4DLightning(graphed_optimizer=True)`).
 
 A graph reads fixed addresses, and autograd hands over fresh gradient tensors every step. Keeping
 the gradients allocated instead makes autograd add into them, one `add_` launch per parameter

@@ -118,14 +118,16 @@ def test_in_process_ab_toggles_flip_what_they_name(tmp_path):
 
     np.save(tmp_path / "anchor_init.npy", random_anchors(64))
     model = Sparse4D.from_config(small_config(str(tmp_path / "anchor_init.npy")), num_classes=3)
-    assert sorted(AB_TOGGLES) == ["anchor-encoder", "denoising-costs"]
+    graphed = object()  # stands in for the GraphedOptimizerStep the GPU run builds
+    switches = train_throughput.Switches(model, optimizer_step=None, graphed_step=graphed)
+    assert sorted(AB_TOGGLES) == ["anchor-encoder", "denoising-costs", "graphed-optimizer"]
     try:
         for get, set_, names in AB_TOGGLES.values():
             assert len(names) == 2
             for state in (True, False, True):
-                set_(model, state)
-                assert get(model) is state
-        assert model.head.anchor_encoder.stack_branches and train_throughput.GT_ON_HOST
+                set_(switches, state)
+                assert get(switches) is state
+        assert model.head.anchor_encoder.stack_branches and train_throughput.GT_ON_HOST and switches.optimizer_step is graphed
     finally:
         train_throughput.GT_ON_HOST = True
 
