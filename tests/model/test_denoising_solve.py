@@ -72,6 +72,7 @@ def test_costs_from_host_arrays_equal_the_device_formula() -> None:
     gt = torch.randn(2, 5, 11, generator=g) * 4
     weights = torch.rand(11, generator=g)
     weights[[2, 6, 7]] = 0.0  # dimensions left out, as the default weights leave yaw and velocity out
+    weights[9] = -0.5  # nonsense as a matching weight, but the formula is the formula
     expected = box_l1_cost(noisy.flatten(0, 1), gt.repeat_interleave(3, dim=0), weights).numpy()
     for on_host in (True, False):
         costs = denoising.group_costs(noisy, gt, weights, on_host=on_host)
