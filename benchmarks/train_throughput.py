@@ -146,10 +146,17 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 def emit(record: dict, json_path: str | None) -> None:
     """Print the record as JSON (and write it to json_path when given)."""
-    if json_path:
-        with open(json_path, "w") as fh:
-            json.dump(record, fh, indent=1)
+    save_json(record, json_path)
     print(json.dumps(record, indent=1))
+
+
+def save_json(record: dict, json_path: str | None) -> None:
+    """Write the record to json_path (when given) through a temporary file: a run cut off by its
+    time limit leaves the last whole record, never half of one."""
+    if json_path:
+        partial = Path(f"{json_path}.tmp")
+        partial.write_text(json.dumps(record, indent=1))
+        partial.replace(json_path)
 
 
 # profiled steps label the step's phases and the compiled regions as model parts (part_split.py); the
@@ -622,6 +629,8 @@ def main() -> int:
         return (time.perf_counter() - begin) * 1000 / args.steps
 
     step_ms = timed_block(args.warmup + 100)
+    print(f"timed: {step_ms:.2f} ms/step", file=sys.stderr, flush=True)
+    save_json({"partial": True, "step_ms": round(step_ms, 2), "anchor_encoder": anchor_path}, args.json)
     ab_blocks = None
     for toggle in args.ab:  # same process: blocks with the setting flipped and as it was alternate
         get, set_, (on_name, off_name) = AB_TOGGLES[toggle]
@@ -635,7 +644,10 @@ def main() -> int:
             blocks[label[not this]].append(round(timed_block(4100 + 200 * block), 2))
             set_(switches, this)
             blocks[label[this]].append(round(timed_block(4150 + 200 * block), 2))
+            print(f"ab {toggle} block {block}: {json.dumps(blocks)}", file=sys.stderr, flush=True)
         ab_blocks = {**(ab_blocks or {}), toggle: blocks}
+        # kept if the call's time limit ends the run before its full record (a fresh machine compiles for minutes)
+        save_json({"partial": True, "step_ms": round(step_ms, 2), "anchor_encoder": anchor_path, "ab": ab_blocks}, args.json)
     peak_gb = torch.cuda.max_memory_allocated() / 1e9  # since the reset after warm-up: CUDA-graph pools allocated while warming up are not in it
     reserved_gb = torch.cuda.memory_reserved() / 1e9  # everything the caching allocator holds now, graph pools included
 

@@ -149,3 +149,17 @@ def test_the_benchmark_leaves_the_gt_on_the_host_as_the_trainer_does():
                 assert moved[key][0].device.type == ("cpu" if on_host else "meta"), (on_host, key)
     finally:
         train_throughput.GT_ON_HOST = True
+
+
+def test_records_are_replaced_whole(tmp_path):
+    """A partial record (written as the A/B goes) is replaced by the next one, never left half-written."""
+    import json
+
+    import train_throughput
+
+    path = tmp_path / "ab.json"
+    train_throughput.save_json({"partial": True, "step_ms": 110.0}, str(path))
+    train_throughput.save_json({"step_ms": 101.5, "ab": {"denoising-costs": {"host_ms": [101.5]}}}, str(path))
+    assert json.loads(path.read_text()) == {"step_ms": 101.5, "ab": {"denoising-costs": {"host_ms": [101.5]}}}
+    assert [f.name for f in tmp_path.iterdir()] == ["ab.json"]
+    train_throughput.save_json({"x": 1}, None)  # no path: nothing written
