@@ -342,6 +342,19 @@ def phase_medians(marks: list[tuple[str, float]], match_waits: list[float]) -> d
     return out
 
 
+def gpu_lag_medians(marks: list[tuple[str, float]], gpu_ms: list[float], origin_host: float) -> dict[str, float]:
+    """Median ms, per phase mark, by which the GPU reached the mark after the host queued it.
+
+    marks: (name, host clock) of each mark; gpu_ms: when the GPU reached an event recorded at that
+    mark, in ms after an origin event recorded at host clock `origin_host` on an idle GPU. A lag near
+    0 means the GPU had run out of queued work there and waited for the host; a large one, that the
+    host was ahead (a step whose lags never come near 0 is GPU-bound)."""
+    lags: dict[str, list[float]] = defaultdict(list)
+    for (name, host), gpu in zip(marks, gpu_ms, strict=True):
+        lags[name].append(gpu - (host - origin_host) * 1000)
+    return {name: round(statistics.median(values), 2) for name, values in lags.items()}
+
+
 def host_profile_steps(step, count: int, stats_path: str) -> dict:
     """Main-thread host time by Python function over `count` steps (cProfile; the autograd engine's
     backward thread is not seen, only the main thread's wait in `backward()`)."""
@@ -481,7 +494,8 @@ def main() -> int:
     parser.add_argument("--trace", help="with --profile: write the profiled steps' Chrome trace here (.json.gz to compress)")
     parser.add_argument("--host-profile", help="cProfile 4 steady steps (host time by Python function); pstats written here")
     parser.add_argument("--host-timeline", action="store_true",
-                        help="median host ms per phase over --steps more steps, and the main thread's matching wait")
+                        help="median host ms per phase over --steps more steps, the main thread's matching wait, and by how "
+                             "much the GPU lagged the host at each phase mark (gpu_lag_ms_median: near 0 where the GPU waited for the host)")
     parser.add_argument("--json")
     real = parser.add_argument_group("--data real (the trainer's loader over generated scenes)")
     real.add_argument("--data", choices=("synthetic", "real"), default="synthetic",
@@ -559,10 +573,13 @@ def main() -> int:
     host_batches = [synthetic_batch(args.batch, args.num_gt, step) for step in range(4)]
 
     marks: list[tuple[str, float]] | None = None  # host clock at phase ends (--host-timeline)
+    gpu_marks: list[torch.cuda.Event] = []  # an event recorded at each of those marks
 
     def mark(name: str) -> None:
         if marks is not None:
             marks.append((name, time.perf_counter()))
+            gpu_marks.append(torch.cuda.Event(enable_timing=True))
+            gpu_marks[-1].record()
 
     def train_step(step: int) -> None:
         mark("start")
@@ -679,14 +696,19 @@ def main() -> int:
             clock.wrap(owner, attr)
         clock.wrap(torch.cuda.CUDAGraph, "replay", "cuda_graph_replay")
         torch.cuda.synchronize()
+        origin, origin_host = torch.cuda.Event(enable_timing=True), time.perf_counter()
+        origin.record()  # the GPU is idle: it reaches this event as the host records it
+        gpu_marks.clear()
         for step in range(2000, 2000 + args.steps):
             train_step(step)
             clock.end_step()
         torch.cuda.synchronize()
+        gpu_ms = [origin.elapsed_time(event) for event in gpu_marks]
         marks.append(("start", time.perf_counter()))
         del model._match_all_layers
         clock.restore()
         host_timeline = phase_medians(marks, waits)
+        host_timeline["gpu_lag_ms_median"] = gpu_lag_medians(marks[:-1], gpu_ms, origin_host)
         host_timeline["inside_calls_ms"] = clock.medians_ms()  # label@main (forward, loss) / @worker (autograd's backward thread)
         host_timeline["calls_per_step"] = clock.calls_per_step()
         marks = None

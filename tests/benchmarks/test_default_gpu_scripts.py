@@ -163,3 +163,13 @@ def test_records_are_replaced_whole(tmp_path):
     assert json.loads(path.read_text()) == {"step_ms": 101.5, "ab": {"denoising-costs": {"host_ms": [101.5]}}}
     assert [f.name for f in tmp_path.iterdir()] == ["ab.json"]
     train_throughput.save_json({"x": 1}, None)  # no path: nothing written
+
+
+def test_gpu_lag_is_how_long_after_the_host_the_gpu_reaches_a_mark():
+    """Host marks at 10 and 30 ms after the origin; the GPU reached them at 25 and 31 ms: lags 15, 1."""
+    import train_throughput
+
+    marks = [("start", 100.010), ("forward_queued", 100.030), ("start", 100.110), ("forward_queued", 100.130)]
+    gpu_ms = [25.0, 31.0, 135.0, 133.0]
+    lags = train_throughput.gpu_lag_medians(marks, gpu_ms, origin_host=100.0)
+    assert lags == {"start": 20.0, "forward_queued": 2.0}  # medians of (15, 25) and (1, 3)
