@@ -19,6 +19,7 @@ from sparse4d.data.collate import collate_sparse4d
 from sparse4d.data.dataset import OVPKLDataset, SampleKey
 from sparse4d.data.depth_targets import first_level_stride
 from sparse4d.data.sampler import StreamingBatchSampler
+from sparse4d.engine.runloop import move_batch
 
 LOG = logging.getLogger(__name__)
 
@@ -110,9 +111,7 @@ class Sparse4DDataModule(pl.LightningDataModule):
         wait for the GPU to finish the previous step."""
         if not isinstance(batch, dict):
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
-        kept = {key: batch[key] for key in TARGET_KEYS if key in batch}
-        moved = super().transfer_batch_to_device({k: v for k, v in batch.items() if k not in kept}, device, dataloader_idx)
-        return {**moved, **kept}
+        return move_batch(batch, device, keep=TARGET_KEYS)
 
     def train_sampler(self) -> EpochOffsetSampler:
         assert self.train_set is not None

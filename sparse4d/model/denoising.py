@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from .instance_bank import gather_rows
-from .matching import HostCopy, box_l1_cost, solve_assignments, solver_pool, to_device
+from .matching import HostCopy, box_l1_cost, moved, solve_assignments, solver_pool, to_device
 
 
 @dataclass
@@ -101,7 +101,7 @@ def start_denoising_queries(
     """Start the in-group assignments on the Hungarian workers; `finish()` waits for them and builds
     the queries on `device` (default: where the GT is).
 
-    Where the GT (and `reg_weights`) live decides where the assignment costs are computed. From host
+    Where the GT lives decides where the assignment costs are computed (`reg_weights` go there). From host
     GT (the trainer keeps the GT on the host, `batch.TARGET_KEYS`) each worker computes its own
     group's costs, so the solves never wait for the GPU: on a GPU a cost computed there and copied
     back queues behind everything already queued, such as the previous step's backward. From GT on
@@ -132,7 +132,7 @@ def start_denoising_queries(
     noisy = gt[:, None].repeat(1, num_groups, per_copy, 1) + to_device(noise.numpy(), source).to(dtype)
     valid = to_device(np.repeat(slot_valid[:, None], num_groups, axis=1), source)  # (B, G, M)
     noisy = torch.where(valid[..., None], noisy, torch.zeros((), dtype=dtype, device=source))
-    costs = group_costs(noisy, gt, reg_weights.to(device=source, dtype=dtype), on_host=source.type == "cpu")
+    costs = group_costs(noisy, gt, moved(reg_weights, source).to(dtype), on_host=source.type == "cpu")
     pool = solver_pool()
     solved = [pool.submit(_solve_group, costs, i * num_groups + k, np.flatnonzero(slot_valid[i]), counts[i])
               for i in range(b) for k in range(num_groups)]
@@ -143,19 +143,19 @@ def group_costs(noisy: Tensor, gt: Tensor, reg_weights: Tensor, *, on_host: bool
     """Problem p = sample * G + group -> its (M, N) weighted L1 costs between noisy anchors (B, G, M, D)
     and the sample's GT (B, N, D) (both NaN-free).
 
-    on_host: computed by the worker that asks, from host arrays (numpy releases the GIL, so the
-    groups' costs are computed side by side, and torch's intra-op threads are not started from
-    several workers at once). Else all groups' costs in one `box_l1_cost` where the tensors are,
+    on_host: computed by the worker that asks, from host arrays (`weighted_l1_costs` releases the
+    GIL, so the groups' costs are computed side by side, and torch's intra-op threads are not
+    started from several workers at once). Else all groups' costs in one `box_l1_cost` where the tensors are,
     copied to the host once and read by every worker (each waits for the copy)."""
     groups = noisy.shape[1]
     if on_host:
         flat, targets, weights = noisy.flatten(0, 1).numpy(), gt.numpy(), reg_weights.numpy()
-        return lambda p: weighted_l1(flat[p], targets[p // groups], weights)
+        return lambda p: weighted_l1_costs(flat[p], targets[p // groups], weights)
     copy = HostCopy(box_l1_cost(noisy.flatten(0, 1), gt.repeat_interleave(groups, dim=0), reg_weights))  # (B*G, M, N)
     return lambda p: copy.numpy()[p]
 
 
-def weighted_l1(boxes: np.ndarray, gt: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def weighted_l1_costs(boxes: np.ndarray, gt: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """(M, D), (N, D), (D,) -> (M, N) float64: sum over d of weights[d] * |boxes[:, d] - gt[:, d]|.
 
     scipy's city-block distance over the weighted dimensions, scaled by their weights (w |x - y| =
@@ -173,15 +173,6 @@ def _solve_group(costs: Callable[[int], np.ndarray], problem: int, rows: np.ndar
     """(M,) GT index of each slot of one denoising group (problem = sample * G + group), UNASSIGNED
     for slots outside `rows` (its valid slots) and where no GT is left."""
     return solve_assignments(costs(problem)[None], [num_gt], [rows])[0]
-
-
-def moved(tensor: Tensor, device: torch.device) -> Tensor:
-    """`tensor` on `device`; from the host without a host sync (pinned, non-blocking copy on CUDA)."""
-    if tensor.device == device:
-        return tensor
-    if tensor.device.type == "cpu":
-        return to_device(tensor.numpy(), device)
-    return tensor.to(device)
 
 
 @dataclass
@@ -204,7 +195,7 @@ class PendingDenoising:
         g, m = self.valid.shape[1:]
         dtype = self.noisy.dtype
         b = self.valid.shape[0]
-        index = moved(torch.from_numpy(np.stack([solve.result() for solve in self.assigned]).reshape(b, g, m)), self.raw.device)
+        index = to_device(np.stack([solve.result() for solve in self.assigned]).reshape(b, g, m), self.raw.device)
         hit = (index >= 0).flatten(1, 2)
         safe = index.clamp(min=0).flatten(1, 2)  # (B, G*M)
         zero = torch.zeros((), dtype=dtype, device=self.raw.device)

@@ -88,6 +88,15 @@ def to_device(array: np.ndarray, device: torch.device) -> Tensor:
     return tensor.to(device)
 
 
+def moved(tensor: Tensor, device: torch.device) -> Tensor:
+    """`tensor` on `device`; from the host without a host sync (pinned, non-blocking copy on CUDA)."""
+    if tensor.device == device:
+        return tensor
+    if tensor.device.type == "cpu":
+        return to_device(tensor.numpy(), device)
+    return tensor.to(device)
+
+
 class HostCopy:
     """A device tensor's copy to the host, started now and waited for only when read.
 

@@ -25,13 +25,13 @@ from .anchor_encoder import AnchorEncoder
 from .backbone import ResNet
 from .box_coding import encode_boxes
 from .decoder import decode_topk, to_detections
-from .denoising import CarriedDenoising, DenoisingQueries, PendingDenoising, fit_group_size, moved, retarget_carried, start_denoising_queries
+from .denoising import CarriedDenoising, DenoisingQueries, PendingDenoising, fit_group_size, retarget_carried, start_denoising_queries
 from .depth import DenseDepthNet
 from .grid_mask import GridMask, hide_grid
 from .head import HeadOutput, Sparse4DHead
 from .instance_bank import InstanceBank, InstanceBankState, gather_rows, load_anchors
 from .losses import allow_reversed_yaw, centerness_loss, sigmoid_focal_loss, weighted_l1, yawness_loss
-from .matching import LayerMatcher, matching_cost
+from .matching import LayerMatcher, matching_cost, moved
 from .neck import FPN
 from .refinement import QUALITY_CNS, QUALITY_YNS
 from .unsupported import check_supported
@@ -114,8 +114,8 @@ class Sparse4D(nn.Module):
         self.register_buffer("_match_reg_weights", torch.tensor(losses.match_reg_weights, dtype=torch.float32), persistent=False)
         self.register_buffer("_reversible_classes", torch.tensor(losses.cls_allow_reverse, dtype=torch.int64), persistent=False)
         dn_weights = denoising.reg_weights if denoising is not None else losses.match_reg_weights
-        self.register_buffer("_dn_reg_weights", torch.tensor(dn_weights, dtype=torch.float32), persistent=False)
-        self._dn_reg_weights_host = torch.tensor(dn_weights, dtype=torch.float32)  # not a buffer: stays on the host
+        # not a buffer: stays on the host, where the trainer's GT is (`start_denoising_queries` moves it to device GT)
+        self._dn_reg_weights = torch.tensor(dn_weights, dtype=torch.float32)
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -380,7 +380,6 @@ class Sparse4D(nn.Module):
             given = self._targets(batch)
             gt = targets_on(given, device)
             if self.denoising is not None and self.denoising.num_groups > 0:
-                on_host = given["anchors"][0].device.type == "cpu"
                 pending_dn = start_denoising_queries(  # solved after the backbone is queued; on the host from host GT
                     given["anchors"],
                     given["labels"],
@@ -389,7 +388,7 @@ class Sparse4D(nn.Module):
                     noise_scale=list(self.denoising.noise_scale),
                     max_dn_gt=self.denoising.max_dn_gt,
                     add_neg_dn=self.denoising.add_neg_dn,
-                    reg_weights=self._dn_reg_weights_host if on_host else self._dn_reg_weights,
+                    reg_weights=self._dn_reg_weights,
                     device=device,
                 )
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from sparse4d.model import denoising
+from sparse4d.model import denoising, matching
 from sparse4d.model.matching import UNASSIGNED, box_l1_cost, finite_costs, solve_assignments
 
 
@@ -88,7 +88,12 @@ def test_host_gt_gives_queries_on_the_requested_device(monkeypatch) -> None:
     labels = [torch.randint(0, 3, (len(x),), generator=g) for x in gt]
     ids = [torch.arange(len(x)) for x in gt]
     copies = []
-    monkeypatch.setattr(denoising, "to_device", lambda array, device: copies.append(device) or torch.from_numpy(array).to(device))
+    def recording(array, device):
+        copies.append(device)
+        return torch.from_numpy(array).to(device)
+
+    monkeypatch.setattr(denoising, "to_device", recording)
+    monkeypatch.setattr(matching, "to_device", recording)  # behind `moved`
     pending = denoising.start_denoising_queries(gt, labels, ids, num_groups=2, noise_scale=[1.0] * 11, max_dn_gt=8, add_neg_dn=True,
                                                 reg_weights=torch.ones(11), device="meta", generator=g)
     assert pending is not None
