@@ -21,23 +21,28 @@
 #                                                     # graphed-optimizer (clip + AdamW as one CUDA graph / eager).
 #                                                     # `ab-toggle denoising-costs graphed-optimizer` fits a fresh
 #                                                     # machine's call (one compilation)
+#   bash benchmarks/gpu_session.sh host-sample [NAME...] # the ab-toggle step (NAMEs optional) sampled by py-spy from outside
+#                                                     # (needs the py-spy wheel in .wheels): three samplers at once,
+#                                                     # wall (--idle), on-CPU, and GIL holder; host_samples.py reads them.
+#                                                     # One compilation: fits a fresh machine's call
 #   bash benchmarks/gpu_session.sh trainer-ab ARGS... # the same through the trainer's Lightning module, 1 GPU
 #                                                     # (ddp_scaling.py --devices 1, reduce-overhead regions),
 #                                                     # e.g. ARGS = --graphed-optimizer
 #
 # Needs python3 with torch (CUDA) and Triton; pydantic and jsonschema are installed from ./.wheels
-# when present (a machine without an index: `pip download -d .wheels ... pydantic jsonschema`).
+# when present (a machine without an index: `pip download -d .wheels ... pydantic jsonschema py-spy`;
+# py-spy only for host-sample).
 # GPU_SESSION_DRY_RUN=FILE appends each stage command to FILE (one per line) instead of running it:
 # tests/benchmarks/test_gpu_session.py checks on the CPU that every command's options parse.
 set -u
 if [ -n "${GPU_SESSION_DRY_RUN:-}" ]; then
     timeout() { shift; printf '%q ' "$@" >>"$GPU_SESSION_DRY_RUN"; echo >>"$GPU_SESSION_DRY_RUN"; }
 fi
-stage="${1:?stage: tests | tests-train | kernel | train | eager-ops | ab | ab-toggle | trainer-ab}"
+stage="${1:?stage: tests | tests-train | kernel | train | eager-ops | ab | ab-toggle | host-sample | trainer-ab}"
 shift
 case "$stage" in
-    tests | tests-train | kernel | train | eager-ops | ab | ab-toggle | trainer-ab) ;;
-    *) echo "unknown stage $stage (tests | tests-train | kernel | train | eager-ops | ab | ab-toggle | trainer-ab)" >&2; exit 2 ;;
+    tests | tests-train | kernel | train | eager-ops | ab | ab-toggle | host-sample | trainer-ab) ;;
+    *) echo "unknown stage $stage (tests | tests-train | kernel | train | eager-ops | ab | ab-toggle | host-sample | trainer-ab)" >&2; exit 2 ;;
 esac
 out="${OUT:-$PWD/gpu_out}"
 mkdir -p "$out"
@@ -97,6 +102,32 @@ case "$stage" in
                     >"$out/denoising_solve.json" 2>"$out/denoising_solve.log" ;;
             esac
         done
+        ;;
+    host-sample)
+        # py-spy reads the process's memory without stopping it (--nonblocking), so the samplers barely
+        # slow the step; each keeps what it saw when the process exits
+        ab=()
+        [ $# -gt 0 ] && ab=(--ab "$@")
+        timeout 540 python3 benchmarks/train_throughput.py --steps 30 --warmup 5 --fused-adam --compile --compile-mode reduce-overhead \
+            --skip-backbone-only --flops-tflop 12.27 "${ab[@]}" --json "$out/host_sample.json" >"$out/host_sample.log" 2>&1 &
+        bench=$!
+        if [ -z "${GPU_SESSION_DRY_RUN:-}" ]; then
+            spy=/tmp/site/bin/py-spy
+            for view in wall cpu gil; do
+                flag=(); [ "$view" = wall ] && flag=(--idle); [ "$view" = gil ] && flag=(--gil)
+                "$spy" record --pid "$bench" --nonblocking --threads --rate 400 --format raw "${flag[@]}" \
+                    --output "$out/pyspy_$view.txt" >"$out/pyspy_$view.log" 2>&1 &
+            done
+        fi
+        wait "$bench"
+        status=$?
+        wait
+        for view in wall cpu gil; do
+            [ -s "$out/pyspy_$view.txt" ] && timeout 60 python3 benchmarks/host_samples.py "$out/pyspy_$view.txt" \
+                --json "$out/host_samples_$view.json" >"$out/host_samples_$view.log" 2>&1
+        done
+        echo "stage $stage exit $status" >>"$out/gpu.txt"
+        exit $status
         ;;
     trainer-ab)
         common=(--devices 1 --steps 30 --warmup 8 --compile --compile-mode reduce-overhead)

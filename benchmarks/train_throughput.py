@@ -42,6 +42,7 @@ import sys
 import time
 import warnings
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,7 @@ from sparse4d.engine.optim import build_optimizer
 from sparse4d.engine.runloop import move_batch
 from sparse4d.model import aggregation
 from sparse4d.model import fused_aggregation
+from sparse4d.model import matching
 from sparse4d.model.fused_aggregation import enable_fused_aggregation
 from sparse4d.model.sparse4d import Sparse4D
 
@@ -426,6 +428,7 @@ class Switches:
     model: Sparse4D
     optimizer_step: GraphedOptimizerStep | None = None  # None: clip + the optimizer's own step
     graphed_step: GraphedOptimizerStep | None = None  # the graphed clip + AdamW that `graphed-optimizer` swaps in
+    solver_pools: dict[bool, ThreadPoolExecutor] = dataclasses.field(default_factory=dict)  # `solver-workers`: few? -> pool
 
 
 def _set_stacked(switches: Switches, on: bool) -> None:
@@ -441,11 +444,30 @@ def _set_graphed_optimizer(switches: Switches, on: bool) -> None:
     switches.optimizer_step = switches.graphed_step if on else None
 
 
+def _set_short_switch_interval(switches: Switches, on: bool) -> None:
+    sys.setswitchinterval(SHORT_SWITCH_INTERVAL_S if on else DEFAULT_SWITCH_INTERVAL_S)
+
+
+def _set_few_solver_workers(switches: Switches, on: bool) -> None:
+    if not switches.solver_pools:
+        switches.solver_pools = {False: matching.solver_pool(), True: ThreadPoolExecutor(FEW_SOLVER_WORKERS, thread_name_prefix="hungarian")}
+    matching._solver_pool = switches.solver_pools[on]  # both the layer matcher and the denoising solves look it up per call
+
+
+# Why these two: the host issues the step (it is host-bound), and every torch call on the main
+# thread gives up the GIL and must take it back; a Hungarian worker holding it in Python code keeps
+# the main thread waiting until it lets go, at the latest after the switch interval (5 ms default).
+DEFAULT_SWITCH_INTERVAL_S = sys.getswitchinterval()
+SHORT_SWITCH_INTERVAL_S = 2e-4
+FEW_SOLVER_WORKERS = 2
+
 # --ab NAME: (read the setting, set it, names of its on and off states) of what the in-process A/B flips
 AB_TOGGLES = {
     "anchor-encoder": (lambda s: s.model.head.anchor_encoder.stack_branches, _set_stacked, ("stacked", "branches")),
     "denoising-costs": (lambda s: GT_ON_HOST, _set_gt_on_host, ("host", "device")),
     "graphed-optimizer": (lambda s: s.optimizer_step is not None, _set_graphed_optimizer, ("graphed", "base")),
+    "switch-interval": (lambda s: sys.getswitchinterval() < DEFAULT_SWITCH_INTERVAL_S, _set_short_switch_interval, ("short", "default")),
+    "solver-workers": (lambda s: matching.solver_pool() is s.solver_pools.get(True), _set_few_solver_workers, ("few", "default")),
 }
 
 
@@ -473,7 +495,8 @@ def main() -> int:
                              "and as it was, in the same process (anchor-encoder: stacked / per-branch, the decoder layer compiles once "
                              "per path; denoising-costs: the GT left on the host and the denoising costs computed there / the GT moved to "
                              "the GPU and the costs computed there; graphed-optimizer: clip + AdamW replayed as one CUDA graph / the "
-                             "optimizer stepped eagerly); results under ab.NAME")
+                             "optimizer stepped eagerly; switch-interval: the GIL switch interval 0.2 ms / Python's 5 ms; "
+                             "solver-workers: 2 Hungarian worker threads / the default pool of up to 8); results under ab.NAME")
     parser.add_argument("--auto-gc", action="store_true",
                         help="keep Python's automatic garbage collection on (before session 12; the trainer now pauses it and "
                              "collects the young generation every 50 steps)")
