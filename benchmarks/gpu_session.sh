@@ -78,7 +78,7 @@ case "$stage" in
     train)
         timeout 40 python3 benchmarks/denoising_solve.py --device cuda --workers 8 --gt host device >"$out/denoising_solve.json" 2>"$out/denoising_solve.log"
         timeout 545 python3 benchmarks/train_throughput.py --steps 16 --warmup 5 --fused-adam --compile \
-            --compile-mode reduce-overhead --flops-tflop 12.27 --profile --host-timeline \
+            --compile-mode reduce-overhead --flops-tflop 12.27 --gpu-idle --profile --host-timeline \
             --trace "$out/trace.json.gz" --json "$out/train.json" "$@" >"$out/train.log" 2>&1
         ;;
     eager-ops)
@@ -109,23 +109,31 @@ case "$stage" in
         ab=()
         [ $# -gt 0 ] && ab=(--ab "$@")
         timeout 540 python3 benchmarks/train_throughput.py --steps 30 --warmup 5 --fused-adam --compile --compile-mode reduce-overhead \
-            --skip-backbone-only --flops-tflop 12.27 "${ab[@]}" --json "$out/host_sample.json" >"$out/host_sample.log" 2>&1 &
+            --skip-backbone-only --flops-tflop 12.27 --gpu-idle --host-timeline "${ab[@]}" --json "$out/host_sample.json" >"$out/host_sample.log" 2>&1 &
         bench=$!
         if [ -z "${GPU_SESSION_DRY_RUN:-}" ]; then
             spy=/tmp/site/bin/py-spy
+            sleep 2  # $! is `timeout`; python is its child
+            target=$(awk '{print $1}' "/proc/$bench/task/$bench/children" 2>/dev/null)
             for view in wall cpu gil; do
                 flag=(); [ "$view" = wall ] && flag=(--idle); [ "$view" = gil ] && flag=(--gil)
-                "$spy" record --pid "$bench" --nonblocking --threads --rate 400 --format raw "${flag[@]}" \
+                "$spy" record --pid "${target:-$bench}" --nonblocking --threads --rate 400 --format raw "${flag[@]}" \
                     --output "$out/pyspy_$view.txt" >"$out/pyspy_$view.log" 2>&1 &
             done
         fi
         wait "$bench"
         status=$?
         wait
+        # at most 8 files come back from a lent machine: one text log, one JSON per view, the raw samples in one archive
         for view in wall cpu gil; do
+            echo "=== $view" >>"$out/host_samples.log"
+            cat "$out/pyspy_$view.log" >>"$out/host_samples.log" 2>/dev/null
             [ -s "$out/pyspy_$view.txt" ] && timeout 60 python3 benchmarks/host_samples.py "$out/pyspy_$view.txt" \
-                --json "$out/host_samples_$view.json" >"$out/host_samples_$view.log" 2>&1
+                --json "$out/host_samples_$view.json" >>"$out/host_samples.log" 2>&1
         done
+        if [ -z "${GPU_SESSION_DRY_RUN:-}" ]; then
+            (cd "$out" && tar czf pyspy_raw.tgz pyspy_*.txt 2>/dev/null; rm -f pyspy_*.txt pyspy_*.log pip.log)
+        fi
         echo "stage $stage exit $status" >>"$out/gpu.txt"
         exit $status
         ;;

@@ -516,6 +516,9 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="torch.profiler over 2 steps: GPU busy share, top ops")
     parser.add_argument("--trace", help="with --profile: write the profiled steps' Chrome trace here (.json.gz to compress)")
     parser.add_argument("--host-profile", help="cProfile 4 steady steps (host time by Python function); pstats written here")
+    parser.add_argument("--gpu-idle", action="store_true",
+                        help="8 more steps under a profiler of GPU activity only (no host ops: the steps keep their speed): "
+                             "busy and idle GPU ms per step, idle split by gap size, the longest gaps (benchmarks/gpu_idle.py)")
     parser.add_argument("--host-timeline", action="store_true",
                         help="median host ms per phase over --steps more steps, the main thread's matching wait, and by how "
                              "much the GPU lagged the host at each phase mark (gpu_lag_ms_median: near 0 where the GPU waited for the host)")
@@ -691,16 +694,19 @@ def main() -> int:
     peak_gb = torch.cuda.max_memory_allocated() / 1e9  # since the reset after warm-up: CUDA-graph pools allocated while warming up are not in it
     reserved_gb = torch.cuda.memory_reserved() / 1e9  # everything the caching allocator holds now, graph pools included
 
-    # Profile before the FLOP counter and the sync check: under their dispatch modes the compiled
-    # regions recompile, and past dynamo's recompile limit they stay eager.
-    profile = None
-    if args.profile:
-        timeline.label_parts = True
-        # the head-as-one-graph experiment traces the head's forward: a range inside it would break the graph
-        with annotate([] if args.head_as_one_graph else region_parts(model)):
-            profile = profile_steps(lambda: train_step(1002), 2, args.trace)
-        timeline.label_parts = False
-    host_profile = host_profile_steps(lambda: train_step(1003), 4, args.host_profile) if args.host_profile else None
+    # The host timeline runs before the profiler. Session 16 measured it after a profiled run and got
+    # start -> forward queued 57.7 ms; py-spy, sampling a run with neither, saw about 28 ms. The
+    # profiler's after-effects are the suspect (the clock's wrappers cost about a microsecond a call).
+    gpu_idle = None
+    if args.gpu_idle:  # before the full profiler too, for the same reason
+        from gpu_idle import gpu_only_profile
+
+        idle_steps = iter(range(3000, 3100))
+        try:
+            gpu_idle = gpu_only_profile(lambda: train_step(next(idle_steps)), 8)
+        except ValueError as error:  # nothing recorded: keep the rest of the run's record
+            gpu_idle = {"error": str(error)}
+        print(f"gpu idle: {json.dumps(gpu_idle)}", file=sys.stderr, flush=True)
     host_timeline = None
     if args.host_timeline:
         marks, waits = [], []
@@ -735,6 +741,16 @@ def main() -> int:
         host_timeline["inside_calls_ms"] = clock.medians_ms()  # label@main (forward, loss) / @worker (autograd's backward thread)
         host_timeline["calls_per_step"] = clock.calls_per_step()
         marks = None
+    # Profile before the FLOP counter and the sync check: under their dispatch modes the compiled
+    # regions recompile, and past dynamo's recompile limit they stay eager.
+    profile = None
+    if args.profile:
+        timeline.label_parts = True
+        # the head-as-one-graph experiment traces the head's forward: a range inside it would break the graph
+        with annotate([] if args.head_as_one_graph else region_parts(model)):
+            profile = profile_steps(lambda: train_step(1002), 2, args.trace)
+        timeline.label_parts = False
+    host_profile = host_profile_steps(lambda: train_step(1003), 4, args.host_profile) if args.host_profile else None
     from torch.utils.flop_counter import FlopCounterMode
     if args.flops_tflop:  # compiled regions bypass the counter: reuse an eager run's count
         step_flops = args.flops_tflop * 1e12
@@ -815,6 +831,8 @@ def main() -> int:
         record["host_profile"] = host_profile
     if host_timeline:
         record["host_timeline_ms_median"] = host_timeline
+    if gpu_idle:
+        record["gpu_idle"] = gpu_idle
     if ab_blocks:
         record["ab"] = ab_blocks
     emit(record, args.json)
