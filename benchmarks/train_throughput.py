@@ -429,6 +429,7 @@ class Switches:
     optimizer_step: GraphedOptimizerStep | None = None  # None: clip + the optimizer's own step
     graphed_step: GraphedOptimizerStep | None = None  # the graphed clip + AdamW that `graphed-optimizer` swaps in
     solver_pools: dict[bool, ThreadPoolExecutor] = dataclasses.field(default_factory=dict)  # `solver-workers`: few? -> pool
+    losses: dict[bool, object] = dataclasses.field(default_factory=dict)  # `losses-graphs`: replayed as a CUDA graph? -> compiled losses
 
 
 def _set_stacked(switches: Switches, on: bool) -> None:
@@ -454,6 +455,10 @@ def _set_few_solver_workers(switches: Switches, on: bool) -> None:
     matching._solver_pool = switches.solver_pools[on]  # both the layer matcher and the denoising solves look it up per call
 
 
+def _set_graphed_losses(switches: Switches, on: bool) -> None:
+    switches.model.decoder_losses = switches.losses[on]
+
+
 # Why these two: the host issues the step (it is host-bound), and every torch call on the main
 # thread gives up the GIL and must take it back; a Hungarian worker holding it in Python code keeps
 # the main thread waiting until it lets go, at the latest after the switch interval (5 ms default).
@@ -468,7 +473,35 @@ AB_TOGGLES = {
     "graphed-optimizer": (lambda s: s.optimizer_step is not None, _set_graphed_optimizer, ("graphed", "base")),
     "switch-interval": (lambda s: sys.getswitchinterval() < DEFAULT_SWITCH_INTERVAL_S, _set_short_switch_interval, ("short", "default")),
     "solver-workers": (lambda s: matching.solver_pool() is s.solver_pools.get(True), _set_few_solver_workers, ("few", "default")),
+    "losses-graphs": (lambda s: s.model.decoder_losses is s.losses.get(True), _set_graphed_losses, ("graphed", "launched")),
 }
+
+
+def apply_inductor_config(settings: list[str]) -> dict[str, object]:
+    """Set each KEY=VALUE (VALUE a Python literal) in torch._inductor.config; returns what was set.
+    A key Inductor does not have is an error, not a silently ignored attribute."""
+    import ast
+
+    import torch._inductor.config as inductor_config
+
+    applied: dict[str, object] = {}
+    for setting in settings:
+        key, sep, text = setting.partition("=")
+        if not sep:
+            raise ValueError(f"--inductor {setting!r}: expected KEY=VALUE, e.g. combo_kernels=True")
+        *path, name = key.strip().split(".")
+        owner = inductor_config
+        for section in path:
+            owner = getattr(owner, section, None)
+        if owner is None or not hasattr(owner, name):
+            raise ValueError(f"--inductor {setting!r}: torch._inductor.config has no {key.strip()!r} in torch {torch.__version__}")
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise ValueError(f"--inductor {setting!r}: the value must be a Python literal (True, 4, 'name')") from None
+        setattr(owner, name, value)
+        applied[key.strip()] = value
+    return applied
 
 
 def main() -> int:
@@ -496,10 +529,16 @@ def main() -> int:
                              "per path; denoising-costs: the GT left on the host and the denoising costs computed there / the GT moved to "
                              "the GPU and the costs computed there; graphed-optimizer: clip + AdamW replayed as one CUDA graph / the "
                              "optimizer stepped eagerly; switch-interval: the GIL switch interval 0.2 ms / Python's 5 ms; "
-                             "solver-workers: 2 Hungarian worker threads / the default pool of up to 8); results under ab.NAME")
+                             "solver-workers: 2 Hungarian worker threads / the default pool of up to 8; losses-graphs (with --compile): the decoder "
+                             "losses replayed from a CUDA graph / their compiled kernels launched one by one, which start the GPU "
+                             "sooner after the matching wait); results under ab.NAME")
     parser.add_argument("--auto-gc", action="store_true",
                         help="keep Python's automatic garbage collection on (before session 12; the trainer now pauses it and "
                              "collects the young generation every 50 steps)")
+    parser.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
+                        help="set torch._inductor.config KEY (dotted for sub-configs) before compiling, e.g. combo_kernels=True "
+                             "(Inductor fuses independent small kernels side by side: the step launches about 5,250 kernels, 630 of "
+                             "them one-tensor dtype casts); repeatable; recorded under inductor_config")
     parser.add_argument("--losses-without-graphs", action="store_true",
                         help="with --compile: the decoder losses compiled without CUDA graphs (their kernels launched one by one)")
     parser.add_argument("--compile-backbone", action="store_true", help="torch.compile only the backbone+neck (in --compile-mode), also in the backbone-only step")
@@ -534,6 +573,12 @@ def main() -> int:
     real.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     real.add_argument("--smoke", action="store_true", help="tiny: 2 cameras, 256x128, the small config, a few steps (runs on CPU)")
     args = parser.parse_args()
+    if "losses-graphs" in args.ab and (not args.compile or args.head_as_one_graph):
+        parser.error("--ab losses-graphs needs --compile (the decoder losses as their own compiled region)")
+    try:
+        inductor_config = apply_inductor_config(args.inductor)
+    except ValueError as error:
+        parser.error(str(error))
     if args.data == "real":
         return real_main(args)
     if not torch.cuda.is_available():
@@ -551,7 +596,7 @@ def main() -> int:
     if not args.no_channels_last:
         model = model.to(memory_format=torch.channels_last)
     encoder = model.head.anchor_encoder
-    if "anchor-encoder" in args.ab:  # both paths' decoder-layer variants must stay compiled side by side
+    if {"anchor-encoder", "losses-graphs"} & set(args.ab):  # both variants must stay compiled side by side
         for limit in ("recompile_limit", "cache_size_limit"):
             if hasattr(torch._dynamo.config, limit):
                 setattr(torch._dynamo.config, limit, max(32, getattr(torch._dynamo.config, limit)))
@@ -584,7 +629,11 @@ def main() -> int:
             model.head.compile(backend="cudagraphs")
             model.match_in_forward = False
         else:
+            plain_losses = model.decoder_losses  # the method, before compile_regions wraps it
             compile_regions(model, mode, graphed_losses=not args.losses_without_graphs)
+            if "losses-graphs" in args.ab:  # the other variant, compiled side by side (dynamo keeps both)
+                other = torch.compile(plain_losses, **({"mode": mode} if args.losses_without_graphs else {}))
+                switches.losses = {args.losses_without_graphs: other, not args.losses_without_graphs: model.decoder_losses}
     elif args.compile_backbone:  # in place, in --compile-mode (reduce-overhead: the backbone+neck step replays CUDA graphs too)
         mode = None if args.compile_mode == "default" else args.compile_mode
         model.backbone.compile(mode=mode)
@@ -815,7 +864,7 @@ def main() -> int:
         "precision": "fp32" if args.fp32 else "bf16-autocast", "channels_last": not args.no_channels_last,
         "features_channels_last": feats_channels_last, "aggregation": "fused-triton" if fused else "grid_sample",
         "pixel_backward": fused_aggregation.PIXEL_BACKWARD, "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "graphed_optimizer": args.graphed_optimizer, "losses_without_graphs": args.losses_without_graphs, "auto_gc": args.auto_gc, "anchor_encoder": anchor_path, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
-        "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
+        "inductor_config": inductor_config, "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
         "images_per_s": round(args.batch * CAMERAS * 1000 / step_ms, 1),
         "step_tflop": round(step_flops / 1e12, 3),
         "mfu": round(step_flops / (step_ms / 1000) / peak, 4) if peak else None, "peak_flops_assumed": peak,

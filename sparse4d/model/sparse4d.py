@@ -524,6 +524,8 @@ class Sparse4D(nn.Module):
             matcher = self._layer_matcher(gt)
             for cls, box in zip(out["classification"], out["prediction"]):
                 matcher.add_layer(cls[:, :a], box[:, :a])
+        # queued before the wait: once the last layer is solved, the host issues the losses at once
+        # (the GPU has nothing else to run meanwhile)
         labels, anchors, _ = self._padded_targets(gt)
         return matcher.assignments(), labels, anchors
 
@@ -599,8 +601,8 @@ class Sparse4D(nn.Module):
         which the forward started layer by layer."""
         device = out["prediction"][0].device
         gt = out.get("targets") or targets_on(self._targets(batch), device)
+        ids = pad_sequence(gt["ids"], batch_first=True, padding_value=-2) if gt["ids"] else None  # before the matching wait
         assigned, gt_labels, gt_anchors = self._match_all_layers(out, gt)
-        ids = pad_sequence(gt["ids"], batch_first=True, padding_value=-2) if gt["ids"] else None
         layer_dn = out.get("layer_dn") or [out.get("dn")] * len(out["prediction"])
         losses, final = self.decoder_losses(
             out["classification"], out["prediction"], out["quality"], layer_dn, assigned, gt_labels, gt_anchors,

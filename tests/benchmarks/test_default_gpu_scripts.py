@@ -118,9 +118,16 @@ def test_in_process_ab_toggles_flip_what_they_name(tmp_path):
 
     np.save(tmp_path / "anchor_init.npy", random_anchors(64))
     model = Sparse4D.from_config(small_config(str(tmp_path / "anchor_init.npy")), num_classes=3)
+    import sys
+
+    from sparse4d.model import matching
+
     graphed = object()  # stands in for the GraphedOptimizerStep the GPU run builds
     switches = train_throughput.Switches(model, optimizer_step=None, graphed_step=graphed)
-    assert sorted(AB_TOGGLES) == ["anchor-encoder", "denoising-costs", "graphed-optimizer"]
+    graphed_losses, launched_losses = object(), object()  # stand in for the two compiled decoder losses
+    switches.losses = {True: graphed_losses, False: launched_losses}
+    assert sorted(AB_TOGGLES) == ["anchor-encoder", "denoising-costs", "graphed-optimizer", "losses-graphs", "solver-workers", "switch-interval"]
+    interval, pool = sys.getswitchinterval(), matching.solver_pool()
     try:
         for get, set_, names in AB_TOGGLES.values():
             assert len(names) == 2
@@ -128,8 +135,12 @@ def test_in_process_ab_toggles_flip_what_they_name(tmp_path):
                 set_(switches, state)
                 assert get(switches) is state
         assert model.head.anchor_encoder.stack_branches and train_throughput.GT_ON_HOST and switches.optimizer_step is graphed
+        assert model.decoder_losses is graphed_losses and sys.getswitchinterval() < interval
+        assert matching.solver_pool() is not pool and matching.solver_pool()._max_workers == train_throughput.FEW_SOLVER_WORKERS
     finally:
         train_throughput.GT_ON_HOST = True
+        sys.setswitchinterval(interval)
+        matching._solver_pool = pool
 
 
 def test_the_benchmark_leaves_the_gt_on_the_host_as_the_trainer_does():
@@ -173,3 +184,22 @@ def test_gpu_lag_is_how_long_after_the_host_the_gpu_reaches_a_mark():
     gpu_ms = [25.0, 31.0, 135.0, 133.0]
     lags = train_throughput.gpu_lag_medians(marks, gpu_ms, origin_host=100.0)
     assert lags == {"start": 20.0, "forward_queued": 2.0}  # medians of (15, 25) and (1, 3)
+
+
+def test_inductor_settings_are_set_and_unknown_keys_refused():
+    """train_throughput --inductor KEY=VALUE: the config Inductor compiles with, checked before any GPU time."""
+    import pytest
+    import torch._inductor.config as inductor_config
+
+    from train_throughput import apply_inductor_config
+
+    before = (inductor_config.combo_kernels, inductor_config.triton.cudagraph_trees)
+    try:
+        assert apply_inductor_config(["combo_kernels=True", "triton.cudagraph_trees=False"]) == {"combo_kernels": True, "triton.cudagraph_trees": False}
+        assert inductor_config.combo_kernels is True and inductor_config.triton.cudagraph_trees is False
+        for bad, message in (("no_such_key=1", "has no 'no_such_key'"), ("triton.nope=1", "has no 'triton.nope'"),
+                             ("combo_kernels", "expected KEY=VALUE"), ("combo_kernels=yes", "Python literal")):
+            with pytest.raises(ValueError, match=message):
+                apply_inductor_config([bad])
+    finally:
+        inductor_config.combo_kernels, inductor_config.triton.cudagraph_trees = before
