@@ -128,6 +128,7 @@ case "$stage" in
         status=$?
         wait
         # at most 8 files come back from a lent machine: one text log, one JSON per view, the raw samples in one archive
+        : >"$out/host_samples.log"
         for view in wall cpu gil; do
             echo "=== $view" >>"$out/host_samples.log"
             cat "$out/pyspy_$view.log" >>"$out/host_samples.log" 2>/dev/null
