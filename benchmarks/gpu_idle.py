@@ -9,7 +9,6 @@ place where the GPU waits for the host (such as the losses waiting for the Hunga
 """
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import tempfile
@@ -42,26 +41,15 @@ def idle_breakdown(activities: Sequence[GpuActivity], steps: int, top: int = 12)
     split by gap size (GAP_CLASSES), and the longest gaps with the activities either side."""
     if not activities:
         raise ValueError("no GPU activity recorded: is the step running on a CUDA device?")
-    busy_until = activities[0].start_us
-    first = activities[0].start_us
-    busy = 0.0
-    before = activities[0]
     by_class = dict.fromkeys((label for _, label in GAP_CLASSES), 0.0)
     count_by_class = dict.fromkeys(by_class, 0)
-    gaps: list[tuple[float, str, str]] = []
-    for activity in activities:
-        end = activity.start_us + activity.duration_us
-        if activity.start_us > busy_until:
-            gap = activity.start_us - busy_until
-            label = next(label for bound, label in GAP_CLASSES if gap < bound)
-            by_class[label] += gap
-            count_by_class[label] += 1
-            gaps.append((gap, before.name[:60], activity.name[:60]))
-        if end > busy_until:
-            busy += end - max(activity.start_us, busy_until)
-            busy_until, before = end, activity
-    span = busy_until - first
-    gaps.sort(reverse=True)
+    gaps = idle_gaps(activities)
+    for gap, _, _ in gaps:
+        label = next(label for bound, label in GAP_CLASSES if gap < bound)
+        by_class[label] += gap
+        count_by_class[label] += 1
+    span = max(a.start_us + a.duration_us for a in activities) - activities[0].start_us
+    busy = span - sum(by_class.values())
     return {
         "span_ms_per_step": round(span / 1000 / steps, 2),
         "busy_ms_per_step": round(busy / 1000 / steps, 2),
@@ -69,8 +57,28 @@ def idle_breakdown(activities: Sequence[GpuActivity], steps: int, top: int = 12)
         "idle_ms_per_step_by_gap_size": {k: round(v / 1000 / steps, 2) for k, v in by_class.items()},
         "gaps_per_step_by_size": {k: round(v / steps, 1) for k, v in count_by_class.items()},
         "activities_per_step": round(len(activities) / steps, 1),
-        "longest_gaps": [f"{ms / 1000:.2f} ms: {a} -> {b}" for ms, a, b in gaps[:top]],
+        "longest_gaps": longest_gaps(gaps, top),
     }
+
+
+def idle_gaps(activities: Sequence[GpuActivity]) -> list[tuple[float, GpuActivity, GpuActivity]]:
+    """(microseconds, the activity before, the one after) of every stretch with nothing running,
+    activities sorted by start (overlapping ones count as one busy stretch)."""
+    gaps = []
+    busy_until, before = activities[0].start_us, activities[0]
+    for activity in activities:
+        if activity.start_us > busy_until:
+            gaps.append((activity.start_us - busy_until, before, activity))
+        end = activity.start_us + activity.duration_us
+        if end > busy_until:
+            busy_until, before = end, activity
+    return gaps
+
+
+def longest_gaps(gaps: list[tuple[float, GpuActivity, GpuActivity]], top: int, name_width: int = 60) -> list[str]:
+    """The `top` longest gaps as 'ms: activity before -> activity after'."""
+    ranked = sorted(gaps, key=lambda gap: -gap[0])[:top]
+    return [f"{us / 1000:.2f} ms: {a.name[:name_width]} -> {b.name[:name_width]}" for us, a, b in ranked]
 
 
 def gpu_only_profile(step: Callable[[], None], count: int) -> dict:
@@ -90,8 +98,7 @@ def gpu_only_profile(step: Callable[[], None], count: int) -> dict:
     os.close(handle)
     try:
         prof.export_chrome_trace(path)
-        opener = gzip.open if path.endswith(".gz") else open
-        with opener(path, "rt") as f:
+        with open(path) as f:
             trace = json.load(f)
     finally:
         os.unlink(path)

@@ -25,6 +25,7 @@ import re
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +78,7 @@ def parse_raw(text: str) -> tuple[list[Sample], int]:
     return samples, skipped
 
 
+@lru_cache(maxsize=None)
 def own_file(file: str) -> Path | None:
     """This repository's file for a frame's path as py-spy prints it (relative to sys.path), or None."""
     for base in (ROOT, ROOT / "benchmarks"):
@@ -89,6 +91,10 @@ def own_file(file: str) -> Path | None:
 def source_line(frame: Frame) -> str:
     path = own_file(frame.file)
     return linecache.getline(str(path), frame.line).strip() if path else ""
+
+
+def with_source(frame: Frame | None) -> str:
+    return "?" if frame is None else f"{frame}  {source_line(frame)}".rstrip()
 
 
 def caller_of(sample: Sample, func: str, file_suffix: str) -> Frame | None:
@@ -138,10 +144,6 @@ def summarize(samples: list[Sample], rate: float, steps: int, top: int) -> dict:
             forward_line = frame_below(s, "forward", "sparse4d/model/sparse4d.py")
             if forward_line is not None:
                 forward_lines[forward_line] += s.count
-
-        def with_source(frame: Frame | None) -> str:
-            return "?" if frame is None else f"{frame}  {source_line(frame)}".rstrip()
-
         out["blocks"].append({
             "called_at": with_source(caller),
             "samples": total,

@@ -48,7 +48,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from host_clock import HostClock  # noqa: E402  (benchmarks/, next to this script)
+from gpu_idle import GpuActivity, gpu_only_profile, longest_gaps  # noqa: E402  (benchmarks/, next to this script)
+from gpu_idle import idle_gaps as gpu_idle_gaps  # noqa: E402
+from host_clock import HostClock  # noqa: E402
 from part_split import AGGREGATION_KERNELS, OPTIMIZER_SCOPES, PART_PREFIX, annotate, gpu_ms_by_part, part  # noqa: E402
 
 from sparse4d.batch import TARGET_KEYS
@@ -388,16 +390,9 @@ def host_profile_steps(step, count: int, stats_path: str) -> dict:
 
 def idle_gaps(events, top: int = 15) -> list[str]:
     """The longest stretches with no kernel running, each as 'ms: kernel before -> kernel after'."""
-    kernels = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda e: e.time_range.start)
-    gaps = []
-    busy_until, last = None, None
-    for e in kernels:
-        if busy_until is not None and e.time_range.start > busy_until:
-            gaps.append(((e.time_range.start - busy_until) / 1000, last.name[:45], e.name[:45]))
-        if busy_until is None or e.time_range.end > busy_until:
-            busy_until, last = e.time_range.end, e
-    gaps.sort(reverse=True)
-    return [f"{ms:.2f} ms: {before} -> {after}" for ms, before, after in gaps[:top]]
+    kernels = sorted((GpuActivity(e.time_range.start, e.time_range.end - e.time_range.start, e.name)
+                      for e in events if e.device_type == torch.autograd.DeviceType.CUDA), key=lambda a: a.start_us)
+    return longest_gaps(gpu_idle_gaps(kernels), top, name_width=45) if kernels else []
 
 
 KERNEL_KINDS = (  # first match wins; names as CUDA, cuDNN, cuBLAS, Triton and Inductor print them
@@ -459,9 +454,9 @@ def _set_graphed_losses(switches: Switches, on: bool) -> None:
     switches.model.decoder_losses = switches.losses[on]
 
 
-# Why these two: the host issues the step (it is host-bound), and every torch call on the main
-# thread gives up the GIL and must take it back; a Hungarian worker holding it in Python code keeps
-# the main thread waiting until it lets go, at the latest after the switch interval (5 ms default).
+# Why these two: every torch call on the main thread gives up the GIL and must take it back; a
+# Hungarian worker holding it in Python code keeps the main thread waiting until it lets go, at the
+# latest after the switch interval (5 ms default). Session 16 measured both flat: the step is GPU-bound.
 DEFAULT_SWITCH_INTERVAL_S = sys.getswitchinterval()
 SHORT_SWITCH_INTERVAL_S = 2e-4
 FEW_SOLVER_WORKERS = 2
@@ -748,8 +743,6 @@ def main() -> int:
     # profiler's after-effects are the suspect (the clock's wrappers cost about a microsecond a call).
     gpu_idle = None
     if args.gpu_idle:  # before the full profiler too, for the same reason
-        from gpu_idle import gpu_only_profile
-
         idle_steps = iter(range(3000, 3100))
         try:
             gpu_idle = gpu_only_profile(lambda: train_step(next(idle_steps)), 8)
