@@ -483,7 +483,7 @@ def apply_inductor_config(settings: list[str]) -> dict[str, object]:
     for setting in settings:
         key, sep, text = setting.partition("=")
         if not sep:
-            raise ValueError(f"--inductor {setting!r}: expected KEY=VALUE, e.g. combo_kernels=True")
+            raise ValueError(f"--inductor {setting!r}: expected KEY=VALUE, e.g. coordinate_descent_tuning=True")
         *path, name = key.strip().split(".")
         owner = inductor_config
         for section in path:
@@ -531,9 +531,13 @@ def main() -> int:
                         help="keep Python's automatic garbage collection on (before session 12; the trainer now pauses it and "
                              "collects the young generation every 50 steps)")
     parser.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
-                        help="set torch._inductor.config KEY (dotted for sub-configs) before compiling, e.g. combo_kernels=True "
+                        help="set torch._inductor.config KEY (dotted for sub-configs) before compiling, e.g. coordinate_descent_tuning=True "
                              "(Inductor fuses independent small kernels side by side: the step launches about 5,250 kernels, 630 of "
-                             "them one-tensor dtype casts); repeatable; recorded under inductor_config")
+                             "them one-tensor dtype casts); repeatable; recorded under inductor_config. compile_regions' own "
+                             "per-region options (combo_kernels, see --no-combo-kernels) take precedence over these")
+    parser.add_argument("--no-combo-kernels", action="store_true",
+                        help="with --compile: the regions (and the backbone-only step) compiled without Inductor's combo kernels, "
+                             "as before session 17 (an A/B: gpu_session.sh ab --no-combo-kernels)")
     parser.add_argument("--losses-without-graphs", action="store_true",
                         help="with --compile: the decoder losses compiled without CUDA graphs (their kernels launched one by one)")
     parser.add_argument("--compile-backbone", action="store_true", help="torch.compile only the backbone+neck (in --compile-mode), also in the backbone-only step")
@@ -614,7 +618,7 @@ def main() -> int:
         switches.graphed_step = GraphedOptimizerStep(torch.optim.AdamW(model.parameters(), lr=float(optim.lr), weight_decay=float(optim.weight_decay),
                                                                        fused=True, capturable=True), max_norm)
     if args.compile:
-        from sparse4d.engine.compile import compile_regions
+        from sparse4d.engine.compile import compile_regions, inductor_options
 
         mode = None if args.compile_mode == "default" else args.compile_mode
         if args.head_as_one_graph:  # the experiment: Inductor backbone, neck and losses; the head one eager-kernel graph
@@ -625,9 +629,9 @@ def main() -> int:
             model.match_in_forward = False
         else:
             plain_losses = model.decoder_losses  # the method, before compile_regions wraps it
-            compile_regions(model, mode, graphed_losses=not args.losses_without_graphs)
+            compile_regions(model, mode, graphed_losses=not args.losses_without_graphs, combo_kernels=not args.no_combo_kernels)
             if "losses-graphs" in args.ab:  # the other variant, compiled side by side (dynamo keeps both)
-                other = torch.compile(plain_losses, **({"mode": mode} if args.losses_without_graphs else {}))
+                other = torch.compile(plain_losses, **inductor_options(mode if args.losses_without_graphs else None, not args.no_combo_kernels))
                 switches.losses = {args.losses_without_graphs: other, not args.losses_without_graphs: model.decoder_losses}
     elif args.compile_backbone:  # in place, in --compile-mode (reduce-overhead: the backbone+neck step replays CUDA graphs too)
         mode = None if args.compile_mode == "default" else args.compile_mode
@@ -830,7 +834,9 @@ def main() -> int:
         img = torch.randn(args.batch, CAMERAS, 3, HEIGHT, WIDTH, device=device)
         extract = model.extract_features  # compiled in place with --compile-backbone
         if args.compile:  # the training step compiles backbone and neck inside `encode_images`: compile them the same way here
-            extract = torch.compile(model.extract_features, mode=None if args.compile_mode == "default" else args.compile_mode)
+            from sparse4d.engine.compile import inductor_options
+
+            extract = torch.compile(model.extract_features, **inductor_options(args.compile_mode, not args.no_combo_kernels))
 
         def backbone_step() -> None:
             if (args.compile or args.compile_backbone) and args.compile_mode == "reduce-overhead":
@@ -857,7 +863,7 @@ def main() -> int:
         "precision": "fp32" if args.fp32 else "bf16-autocast", "channels_last": not args.no_channels_last,
         "features_channels_last": feats_channels_last, "aggregation": "fused-triton" if fused else "grid_sample",
         "pixel_backward": fused_aggregation.PIXEL_BACKWARD, "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "graphed_optimizer": args.graphed_optimizer, "losses_without_graphs": args.losses_without_graphs, "auto_gc": args.auto_gc, "anchor_encoder": anchor_path, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
-        "inductor_config": inductor_config, "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
+        "inductor_config": inductor_config, "combo_kernels": args.compile and not args.no_combo_kernels, "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
         "images_per_s": round(args.batch * CAMERAS * 1000 / step_ms, 1),
         "step_tflop": round(step_flops / 1e12, 3),
         "mfu": round(step_flops / (step_ms / 1000) / peak, 4) if peak else None, "peak_flops_assumed": peak,

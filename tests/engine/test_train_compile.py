@@ -259,7 +259,34 @@ def test_only_the_losses_can_leave_cuda_graphs(tmp_path: Path, monkeypatch: pyte
             return fn
 
         monkeypatch.setattr(compile_module.torch, "compile", record)
-        compile_module.compile_regions(model, mode="reduce-overhead", graphed_losses=graphed_losses)
+        compile_module.compile_regions(model, mode="reduce-overhead", graphed_losses=graphed_losses, combo_kernels=False)
         assert calls["encode_images"] == calls["decoder_layer"] == {"mode": "reduce-overhead"}
         assert calls["decoder_losses"] == ({"mode": "reduce-overhead"} if graphed_losses else {})
         assert calls["matching_costs"] == {}
+
+
+def test_regions_compile_with_combo_kernels_in_their_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """By default every region gets Inductor's combo kernels on top of its mode's own options (CUDA
+    graphs for reduce-overhead, none for the matching costs), and torch.compile accepts them."""
+    from sparse4d.engine import compile as compile_module
+
+    graphed = {"options": {"triton.cudagraphs": True, "combo_kernels": True}}
+    plain = {"options": {"combo_kernels": True}}
+    assert compile_module.inductor_options("reduce-overhead") == graphed
+    assert compile_module.inductor_options(None) == compile_module.inductor_options("default") == plain
+    assert compile_module.inductor_options("reduce-overhead", combo_kernels=False) == {"mode": "reduce-overhead"}
+    assert compile_module.inductor_options("default", combo_kernels=False) == {}
+    for kwargs in (graphed, plain):
+        torch.compile(lambda x: x + 1, **kwargs)  # Inductor checks option names when the wrapper is built
+
+    model = small_model(tmp_path)
+    calls: dict[str, dict] = {}
+
+    def record(fn, **kwargs):
+        calls[fn.__name__] = kwargs
+        return fn
+
+    monkeypatch.setattr(compile_module.torch, "compile", record)
+    compile_module.compile_regions(model, mode="reduce-overhead")
+    assert calls["encode_images"] == calls["decoder_layer"] == calls["decoder_losses"] == graphed
+    assert calls["matching_costs"] == plain
