@@ -53,28 +53,30 @@ class Sample:
 def parse_raw(text: str) -> tuple[list[Sample], int]:
     """py-spy `--format raw --threads` lines: 'thread (id): name;frame;...;frame count', root first.
 
-    Returns the samples and the number of lines without a count at the end, which are skipped (the
-    GIL view of session 16 had one among 9,000); a line not starting with a thread is an error."""
+    Returns the samples and the number of broken lines, which are skipped: a line without a count at
+    the end (the GIL view of session 16 had one among 9,000), or one not starting with a thread (a
+    frame name holding a line break splits its sample in two; session 17's on-CPU and GIL views had
+    such pieces). A recording where no line starts with a thread lacks --threads: an error."""
     samples = []
     skipped = 0
-    for number, line in enumerate(text.splitlines(), 1):
+    for line in text.splitlines():
         line = line.strip()
         if not line:
             continue
         stack, _, count = line.rpartition(" ")
-        if not count.isdigit():
-            skipped += 1
-            continue
         parts = stack.split(";")
         thread = THREAD.match(parts[0])
-        if thread is None:
-            raise ValueError(f"line {number}: no 'thread (id): name' first (record with --threads): {line[:120]!r}")
+        if not count.isdigit() or thread is None:
+            skipped += 1
+            continue
         frames = []
         for part in parts[1:]:
             match = FRAME.match(part)
             if match:  # native or unnamed frames have no (file:line); they are skipped
                 frames.append(Frame(match["func"], match["file"], int(match["line"])))
         samples.append(Sample(re.sub(r"[_-]\d+$", "", thread["name"] or "") or "?", frames, int(count)))
+    if skipped and not samples:
+        raise ValueError(f"none of {skipped} lines starts with 'thread (id): name' (record with --threads)")
     return samples, skipped
 
 
@@ -187,7 +189,7 @@ def main() -> int:
         print(f"error: {args.raw}: {error}", file=sys.stderr)
         return 2
     summary = summarize(samples, args.rate, args.steps, args.top)
-    summary["skipped_lines_without_count"] = skipped
+    summary["skipped_broken_lines"] = skipped
     print_summary(summary)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")

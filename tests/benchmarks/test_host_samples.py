@@ -48,9 +48,12 @@ def test_blocks_phases_and_own_frames_are_counted() -> None:
     assert summary["samples_by_thread_whole_run"] == {"MainThread": 612, "hungarian": 7, "?": 1}
 
 
-def test_a_line_without_thread_names_is_refused() -> None:
-    with pytest.raises(ValueError, match="line 1: no 'thread"):
-        host_samples.parse_raw("main (x.py:1);f (y.py:2) 3")
+def test_a_sample_split_by_a_line_break_is_skipped_and_a_recording_without_threads_refused() -> None:
+    split = "thread (11): MainThread;main (train_throughput.py:700);<lambda> (<string\n>:1);f (y.py:2) 4"
+    samples, skipped = host_samples.parse_raw(RAW + "\n" + split)
+    assert skipped == 2 and sum(sample.count for sample in samples) == 620  # both pieces dropped, nothing else
+    with pytest.raises(ValueError, match="none of 2 lines starts with 'thread"):
+        host_samples.parse_raw("main (x.py:1);f (y.py:2) 3\nmain (x.py:1) 1")
 
 
 def test_the_cli_names_a_missing_file(tmp_path: Path) -> None:
