@@ -26,6 +26,23 @@ class PackedLevels(NamedTuple):
     packed: Tensor
     level_hw: list[int]  # H_0, W_0, H_1, W_1, ...
 
+    @classmethod
+    def pack(cls, maps: list[Tensor]) -> PackedLevels:
+        """Maps (B, N, C, H_l, W_l) copied into one flat buffer, level after level, each (B, N, H, W, C)."""
+        packed = torch.cat([f.permute(0, 1, 3, 4, 2).reshape(-1) for f in maps])
+        return cls(list(maps), packed, [size for f in maps for size in (f.shape[3], f.shape[4])])
+
+    def views(self) -> list[Tensor]:
+        """Per level (B, N, C, H, W) views of `packed` (channels-last strides): the maps' values read
+        from the packed copy, so gradients through them land in the packed buffer's gradient."""
+        b, n, c = self.maps[0].shape[:3]
+        views, start = [], 0
+        for h, w in zip(self.level_hw[0::2], self.level_hw[1::2]):
+            size = b * n * h * w * c
+            views.append(self.packed[start : start + size].view(b, n, h, w, c).permute(0, 1, 4, 2, 3))
+            start += size
+        return views
+
 
 FeatureLevels = list[Tensor] | PackedLevels
 AggregationFn = Callable[[FeatureLevels, Tensor, Tensor], Tensor]

@@ -118,9 +118,7 @@ def pack_feature_levels(feature_maps: list[Tensor]) -> FeatureLevels:
     """
     if not _maps_fit_kernel(feature_maps):
         return feature_maps
-    packed = torch.cat([f.permute(0, 1, 3, 4, 2).reshape(-1) for f in feature_maps])
-    level_hw = [size for f in feature_maps for size in (f.shape[3], f.shape[4])]
-    return PackedLevels(list(feature_maps), packed, level_hw)
+    return PackedLevels.pack(feature_maps)
 
 
 def _level_rows(level_hw: list[int], batch: int, cams: int, channels: int) -> tuple[list[list[int]], int]:

@@ -41,3 +41,29 @@ def test_loss_uses_the_nearest_known_depth_per_cell() -> None:
     pred = [torch.full((1, 1, 2, 2), 4.0)]
     assert torch.isclose(net.loss(pred, gt), torch.tensor(1.0))  # |4 - 3| over the one known cell
     assert net.loss(pred, torch.zeros(1, 1, 4, 4)) == 0
+
+
+def test_packed_views_are_the_maps_and_give_the_depth_loss_the_same_gradients() -> None:
+    """Packed (the fused kernel's buffer) the depth head reads views of the packed copy: the same
+    values as the maps, channels-last strides, and the gradient reaching the maps through the
+    packing is the one the maps would get directly."""
+    from sparse4d.model.aggregation import PackedLevels
+
+    torch.manual_seed(0)
+    net = DenseDepthNet(16, num_depth_layers=2, loss_weight=0.2).double()
+    shapes = [(8, 12), (4, 6), (2, 3)]
+    maps = [torch.randn(2, 3, 16, h, w, dtype=torch.float64, requires_grad=True) for h, w in shapes]
+    focal = torch.tensor([[100.0, 200.0, 50.0], [100.0, 100.0, 100.0]], dtype=torch.float64)
+    gt = torch.rand(2, 3, 16, 24, dtype=torch.float64) * 20
+
+    levels = PackedLevels.pack(maps)
+    views = levels.views()
+    assert levels.level_hw == [8, 12, 4, 6, 2, 3]
+    for view, level in zip(views, maps):
+        assert torch.equal(view, level) and view.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+
+    direct = torch.autograd.grad(net.loss(net(maps, focal), gt), maps, allow_unused=True, materialize_grads=True)
+    packed = torch.autograd.grad(net.loss(net(views, focal), gt), maps, allow_unused=True, materialize_grads=True)
+    for a, b in zip(direct, packed):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    assert direct[0].abs().sum() > 0 and direct[2].abs().sum() == 0  # depth on the first two levels only

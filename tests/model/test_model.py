@@ -200,3 +200,29 @@ def test_camera_geometry_stays_float32_under_bf16_autocast(anchor_file: str, mon
             img, proj, wh = batch["img"], batch["projection_mat"], batch["image_wh"]
             model.predict_frame(img, proj, wh, batch["timestamp"], batch["first_frame"], model.initial_state(2))
     assert seen and all(dtypes == (torch.float32,) * 3 for dtypes in seen), seen
+
+
+def test_packed_levels_feed_the_depth_loss(anchor_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the levels are packed (the fused kernel's buffer on CUDA), `encode_images` computes the
+    depth loss from the packed copy: the same loss and backbone gradients as from the FPN maps."""
+    from sparse4d.model.aggregation import PackedLevels
+
+    torch.manual_seed(0)
+    model = Sparse4D.from_config(small_config(anchor_file), num_classes=3).double().train()
+    batch = synthetic_batch(2)
+    img, proj, gt_depth = batch["img"].double(), batch["projection_mat"].double(), batch["gt_depth"].double()
+    results = []
+    for pack in (False, True):
+        if pack:
+            monkeypatch.setattr(model.head, "prepare_levels", lambda maps, fused: PackedLevels.pack(maps))
+        model.zero_grad()
+        _, levels, loss_depth = model.encode_images(img, proj, gt_depth)
+        assert isinstance(levels, PackedLevels) == pack
+        if pack:  # read from the packed copy (else autograd.grad finds the buffer unused)
+            assert torch.autograd.grad(loss_depth, levels.packed, retain_graph=True)[0].abs().sum() > 0
+        loss_depth.backward()
+        results.append((loss_depth.detach(), model.backbone.conv1.weight.grad.clone()))
+    (loss_a, grad_a), (loss_b, grad_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-12, atol=1e-12)
+    assert grad_a.abs().sum() > 0
+    torch.testing.assert_close(grad_b, grad_a, rtol=1e-10, atol=1e-12)
