@@ -4,6 +4,10 @@
 # never through a pipe: a timed-out test can leave dataloader workers that hold a pipe open and lose
 # everything printed before.
 #
+#   bash benchmarks/gpu_session.sh warm               # a fresh machine's first call: compiles the default training
+#                                                     # step once (about 7.5 minutes on a fresh H100 since the regions
+#                                                     # use combo kernels), so the next calls reuse Inductor's caches
+#                                                     # on disk and have their time for measuring
 #   bash benchmarks/gpu_session.sh tests              # GPU-marked tests of the kernels and the model
 #   bash benchmarks/gpu_session.sh tests-train        # GPU-marked trainer tests (Lightning, compiled regions; slow)
 #   bash benchmarks/gpu_session.sh kernel             # fused aggregation: both pixel-backward modes on
@@ -20,12 +24,12 @@
 #                                                     # fresh machine give it a call of its own), denoising-costs
 #                                                     # (GT on the host / moved to the GPU; the wait in finish()),
 #                                                     # graphed-optimizer (clip + AdamW as one CUDA graph / eager).
-#                                                     # `ab-toggle denoising-costs graphed-optimizer` fits a fresh
-#                                                     # machine's call (one compilation)
+#                                                     # after `warm`, one call fits `ab-toggle denoising-costs
+#                                                     # graphed-optimizer`
 #   bash benchmarks/gpu_session.sh host-sample [NAME...] # the ab-toggle step (NAMEs optional) sampled by py-spy from outside
 #                                                     # (needs the py-spy wheel in .wheels): three samplers at once,
 #                                                     # wall (--idle), on-CPU, and GIL holder; host_samples.py reads them.
-#                                                     # One compilation: fits a fresh machine's call
+#                                                     # After `warm` (without it, a fresh H100 compiles past the limit)
 #   bash benchmarks/gpu_session.sh trainer-ab ARGS... # the same through the trainer's Lightning module, 1 GPU
 #                                                     # (ddp_scaling.py --devices 1, reduce-overhead regions),
 #                                                     # e.g. ARGS = --graphed-optimizer
@@ -39,11 +43,11 @@ set -u
 if [ -n "${GPU_SESSION_DRY_RUN:-}" ]; then
     timeout() { shift; printf '%q ' "$@" >>"$GPU_SESSION_DRY_RUN"; echo >>"$GPU_SESSION_DRY_RUN"; }
 fi
-stage="${1:?stage: tests | tests-train | kernel | train | eager-ops | ab | ab-toggle | host-sample | trainer-ab}"
+stage="${1:?stage: warm | tests | tests-train | kernel | train | eager-ops | ab | ab-toggle | host-sample | trainer-ab}"
 shift
 case "$stage" in
-    tests | tests-train | kernel | train | eager-ops | ab | ab-toggle | host-sample | trainer-ab) ;;
-    *) echo "unknown stage $stage (tests | tests-train | kernel | train | eager-ops | ab | ab-toggle | host-sample | trainer-ab)" >&2; exit 2 ;;
+    warm | tests | tests-train | kernel | train | eager-ops | ab | ab-toggle | host-sample | trainer-ab) ;;
+    *) echo "unknown stage $stage (warm | tests | tests-train | kernel | train | eager-ops | ab | ab-toggle | host-sample | trainer-ab)" >&2; exit 2 ;;
 esac
 out="${OUT:-$PWD/gpu_out}"
 mkdir -p "$out"
@@ -60,6 +64,12 @@ if [ -z "${GPU_SESSION_DRY_RUN:-}" ]; then
 fi
 
 case "$stage" in
+    warm)
+        # session 17: with combo kernels, warm-up took 358 + 85 s on a fresh H100, and a call that
+        # measured afterwards ran out of time before its first timed step
+        timeout 570 python3 benchmarks/train_throughput.py --steps 2 --warmup 3 --fused-adam --compile --compile-mode reduce-overhead \
+            --skip-backbone-only --flops-tflop 12.27 --json "$out/warm.json" >"$out/warm.log" 2>&1
+        ;;
     tests)
         timeout 560 python3 -m pytest -q -p no:cacheprovider --durations=10 -m gpu tests/gpu tests/model \
             >"$out/gpu_tests.log" 2>&1
@@ -87,14 +97,15 @@ case "$stage" in
         ;;
     ab)
         common=(--steps 30 --warmup 5 --fused-adam --compile --compile-mode reduce-overhead --skip-backbone-only)
-        # the base reuses a warm machine's compiled regions; a variant that changes Inductor's config
-        # (--inductor KEY=VALUE) compiles them all again (about 5.5 minutes)
+        # the base reuses a warm machine's compiled regions (run `warm` first); a variant that changes
+        # Inductor's config (--inductor KEY=VALUE, --no-combo-kernels) compiles them all again (about 5.5
+        # minutes; 296 s for the combo kernels on an H200)
         timeout 170 python3 benchmarks/train_throughput.py "${common[@]}" --json "$out/ab_base.json" >"$out/ab_base.log" 2>&1
         timeout 410 python3 benchmarks/train_throughput.py "${common[@]}" "$@" --json "$out/ab_variant.json" >"$out/ab_variant.log" 2>&1
         ;;
     ab-toggle)
         [ $# -gt 0 ] || { echo "ab-toggle needs NAMEs: anchor-encoder denoising-costs graphed-optimizer" >&2; exit 2; }
-        # the training step first (a fresh machine compiles for about 5.5 minutes), then each toggle's own bench
+        # the training step first (on a machine without `warm` it compiles for 5-7.5 minutes), then each toggle's own bench
         timeout 500 python3 benchmarks/train_throughput.py --steps 30 --warmup 5 --fused-adam --compile --compile-mode reduce-overhead \
             --skip-backbone-only --flops-tflop 12.27 --ab "$@" --json "$out/ab_toggle.json" >"$out/ab_toggle.log" 2>&1
         for toggle in "$@"; do

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ["kernel", "train", "ab --graphed-optimizer", "ab --losses-without-graphs", "ab-toggle denoising-costs graphed-optimizer", "ab --anchor-encoder branches",
+STAGES = ["warm", "kernel", "train", "ab --graphed-optimizer", "ab --losses-without-graphs", "ab-toggle denoising-costs graphed-optimizer", "ab --anchor-encoder branches",
           "ab-toggle anchor-encoder", "ab-toggle denoising-costs anchor-encoder", "trainer-ab --graphed-optimizer",
           "host-sample switch-interval solver-workers", "host-sample", "host-sample losses-graphs",
           "ab --inductor combo_kernels=True", "ab --no-combo-kernels"]
