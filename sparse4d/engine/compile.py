@@ -19,8 +19,8 @@ modules, so state-dict keys and checkpoints do not change.
 Inductor's `combo_kernels` is on for every region: it launches independent small kernels of a region
 side by side as one (a step launched about 5,250 kernels without it, 630 of them one-tensor dtype
 casts of bf16 autocast). On an H200 it took the default step from 97.85 to 94.20 ms (the backward's
-GPU time from 64.2 to 62.0 ms). It costs compilation time once per run: the first steps on a fresh
-H100 took 443 s to compile with it, against about 343 s without in an earlier session.
+GPU time from 64.2 to 62.0 ms). It costs compilation time once per run: the first two steps on a
+fresh H100 took 443 s with it; a fresh H200 took 301 s without it (benchmarks/README, session 17).
 """
 from __future__ import annotations
 
