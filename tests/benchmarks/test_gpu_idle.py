@@ -29,6 +29,27 @@ def test_gaps_are_classed_by_size_and_overlaps_count_once() -> None:
     assert out["idle_ms_per_step_by_gap_size"] == {"under_10us": 0.01, "10_to_100us": 0.05, "100us_to_1ms": 0.0, "over_1ms": 2.0}
     assert out["gaps_per_step_by_size"] == {"under_10us": 1.0, "10_to_100us": 1.0, "100us_to_1ms": 0.0, "over_1ms": 1.0}
     assert out["longest_gaps"][0] == "2.00 ms: c -> fill"
+    assert out["idle_ms_per_step_waiting_for_launch"] is None  # no launch calls in the trace: unknown, not 0
+
+
+def test_each_gap_says_how_long_the_gpu_waited_for_the_launch_after_it() -> None:
+    def launch(correlation: int, ts: float, name: str = "cudaLaunchKernel") -> dict:
+        return {"cat": "cuda_runtime", "name": name, "ts": ts, "dur": 5.0, "tid": 7, "args": {"correlation": correlation}}
+
+    trace = {"traceEvents": [
+        {"cat": "kernel", "name": "a", "ts": 0.0, "dur": 100.0, "args": {"correlation": 1}},
+        {"cat": "kernel", "name": "b", "ts": 3100.0, "dur": 100.0, "args": {"correlation": 2}},  # idle from 100: launched at 2000
+        {"cat": "gpu_memcpy", "name": "c", "ts": 3300.0, "dur": 100.0, "args": {"correlation": 3}},  # launched long before its gap
+        {"cat": "kernel", "name": "d", "ts": 3408.0, "dur": 10.0, "args": {"correlation": 4}},  # an 8 us gap, launched 6 us into it
+        launch(1, 0.0), launch(2, 2000.0, "cudaGraphLaunch"), launch(3, 50.0, "cudaMemcpyAsync"), launch(4, 3406.0),
+    ]}
+    activities = activities_from_trace(trace)
+    assert [(a.name, a.launch_us, a.launch_name) for a in activities][1] == ("b", 2000.0, "cudaGraphLaunch")
+    out = idle_breakdown(activities, steps=1)
+    assert out["idle_ms_per_step_waiting_for_launch"] == 1.91  # 1900 + 6 us
+    assert out["idle_ms_per_step_waiting_for_launch_in_gaps_over_100us"] == 1.9
+    assert out["longest_gaps"][:2] == ["3.00 ms: a -> b (launched by cudaGraphLaunch +1.90 ms into the gap)",
+                                       "0.10 ms: b -> c (launched by cudaMemcpyAsync -3.15 ms into the gap)"]
 
 
 def test_per_step_figures_divide_by_the_steps() -> None:
