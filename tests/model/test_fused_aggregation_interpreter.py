@@ -17,7 +17,7 @@ pytest.importorskip("triton")
 CHECK = r'''
 import torch
 from sparse4d.model import fused_aggregation as fa
-from sparse4d.model.aggregation import deformable_aggregation
+from sparse4d.model.aggregation import PackedLevels, deformable_aggregation
 
 torch.manual_seed(0)
 b, q, p, n, g, c = 2, 7, 3, 2, 2, 32
@@ -30,8 +30,9 @@ points[:, 5:, :, 1] = 2.5  # the last queries see camera 0 only: the kernels ski
 points[:, 6, 0, 1] = -0.01  # ...except one point just off the left edge, whose corners reach in
 weights = torch.rand(b, q, n, len(sizes), p, g)
 grad_out = torch.randn(b, q, c)
-packed = torch.cat([f.permute(0, 1, 3, 4, 2).reshape(-1) for f in maps])
-level_hw = [s for h, w in sizes for s in (h, w)]
+levels = PackedLevels.pack(maps)
+packed, level_hw = levels.packed, levels.level_hw
+assert all(torch.equal(view, level) for view, level in zip(levels.views(), maps))
 
 ref_maps = [m.clone().requires_grad_() for m in maps]
 ref_points, ref_weights = points.clone().requires_grad_(), weights.clone().requires_grad_()
