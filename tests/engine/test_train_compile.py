@@ -38,6 +38,14 @@ def test_off_and_cpu_train_eagerly(tmp_path: Path, caplog: pytest.LogCaptureFixt
     assert not any(compiled(layer) for layer in model.head.layers)
 
 
+def test_on_a_gpu_the_log_says_the_first_steps_compile_for_minutes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """torch.compile wraps lazily, so this runs on the CPU: nothing compiles until a region is called."""
+    model = small_model(tmp_path)
+    with caplog.at_level(logging.INFO, logger="sparse4d.engine.compile"):
+        assert compile_for_training(model, "reduce-overhead", on_gpu=True) is True
+    assert "the first two training steps compile the regions (several minutes" in caplog.text
+
+
 def test_the_key_is_validated() -> None:
     from sparse4d.config import validate_spec
 
