@@ -531,10 +531,9 @@ def main() -> int:
                         help="keep Python's automatic garbage collection on (before session 12; the trainer now pauses it and "
                              "collects the young generation every 50 steps)")
     parser.add_argument("--inductor", action="append", default=[], metavar="KEY=VALUE",
-                        help="set torch._inductor.config KEY (dotted for sub-configs) before compiling, e.g. coordinate_descent_tuning=True "
-                             "(Inductor fuses independent small kernels side by side: the step launches about 5,250 kernels, 630 of "
-                             "them one-tensor dtype casts); repeatable; recorded under inductor_config. compile_regions' own "
-                             "per-region options (combo_kernels, see --no-combo-kernels) take precedence over these")
+                        help="set torch._inductor.config KEY (dotted for sub-configs) before compiling, e.g. coordinate_descent_tuning=True; "
+                             "repeatable; recorded under inductor_config. compile_regions' own per-region options (combo_kernels, "
+                             "see --no-combo-kernels) take precedence over these")
     parser.add_argument("--no-combo-kernels", action="store_true",
                         help="with --compile: the regions (and the backbone-only step) compiled without Inductor's combo kernels, "
                              "as before session 17 (an A/B: gpu_session.sh ab --no-combo-kernels)")
