@@ -17,7 +17,7 @@
 #   bash benchmarks/gpu_session.sh eager-ops          # eager ops between the regions (CPU-side count)
 #   bash benchmarks/gpu_session.sh ab ARGS...         # A/B on a warm machine: the compiled step without, then
 #                                                     # with ARGS (30 steps each, no profile); run it twice;
-#                                                     # e.g. ARGS = --no-combo-kernels or --inductor KEY=VALUE
+#                                                     # e.g. ARGS = --no-combo-kernels, --gradient-sink or --inductor KEY=VALUE
 #   bash benchmarks/gpu_session.sh ab-toggle NAME...  # one process, for each NAME blocks alternating with it flipped
 #                                                     # and not (train_throughput --ab), then each NAME's own bench:
 #                                                     # anchor-encoder (stacked / per branch; compiles twice: on a

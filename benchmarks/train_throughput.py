@@ -537,6 +537,10 @@ def main() -> int:
     parser.add_argument("--no-combo-kernels", action="store_true",
                         help="with --compile: the regions (and the backbone-only step) compiled without Inductor's combo kernels, "
                              "as before session 17 (an A/B: gpu_session.sh ab --no-combo-kernels)")
+    parser.add_argument("--gradient-sink", action="store_true",
+                        help="the fused aggregation's backwards add the packed-feature gradient into one persistent buffer "
+                             "(head.gradient_sink) instead of one buffer per decoder layer summed by autograd (an A/B: "
+                             "gpu_session.sh ab --gradient-sink)")
     parser.add_argument("--losses-without-graphs", action="store_true",
                         help="with --compile: the decoder losses compiled without CUDA graphs (their kernels launched one by one)")
     parser.add_argument("--compile-backbone", action="store_true", help="torch.compile only the backbone+neck (in --compile-mode), also in the backbone-only step")
@@ -636,6 +640,7 @@ def main() -> int:
         mode = None if args.compile_mode == "default" else args.compile_mode
         model.backbone.compile(mode=mode)
         model.neck.compile(mode=mode)
+    model.head.gradient_sink = args.gradient_sink
     if args.anchor_encoder is not None:  # after compile_regions, which stacks the branches
         encoder.stack_branches = args.anchor_encoder == "stacked"
     anchor_path = "stacked" if encoder.stack_branches else "branches"
@@ -862,7 +867,7 @@ def main() -> int:
         "precision": "fp32" if args.fp32 else "bf16-autocast", "channels_last": not args.no_channels_last,
         "features_channels_last": feats_channels_last, "aggregation": "fused-triton" if fused else "grid_sample",
         "pixel_backward": fused_aggregation.PIXEL_BACKWARD, "fused_adam": args.fused_adam, "compile_backbone": args.compile_backbone or args.compile, "compile": args.compile, "head_as_one_graph": args.head_as_one_graph, "graphed_optimizer": args.graphed_optimizer, "losses_without_graphs": args.losses_without_graphs, "auto_gc": args.auto_gc, "anchor_encoder": anchor_path, "compile_mode": args.compile_mode, "num_gt": args.num_gt,
-        "inductor_config": inductor_config, "combo_kernels": args.compile and not args.no_combo_kernels, "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
+        "inductor_config": inductor_config, "combo_kernels": args.compile and not args.no_combo_kernels, "gradient_sink": args.gradient_sink, "step_ms": round(step_ms, 2), "samples_per_s": round(args.batch * 1000 / step_ms, 2),
         "images_per_s": round(args.batch * CAMERAS * 1000 / step_ms, 1),
         "step_tflop": round(step_flops / 1e12, 3),
         "mfu": round(step_flops / (step_ms / 1000) / peak, 4) if peak else None, "peak_flops_assumed": peak,

@@ -25,6 +25,10 @@ class PackedLevels(NamedTuple):
     maps: list[Tensor]
     packed: Tensor
     level_hw: list[int]  # H_0, W_0, H_1, W_1, ...
+    # With a gradient sink (`fused_aggregation.attach_gradient_sink`): `packed` is detached, the fused
+    # kernel's backward adds the packed gradient into `sink`, and `token` carries it back to the packing.
+    token: Tensor | None = None
+    sink: Tensor | None = None
 
     @classmethod
     def pack(cls, maps: list[Tensor]) -> PackedLevels:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .aggregation import FeatureLevels, prepare_feature_levels
+from .aggregation import FeatureLevels, PackedLevels, prepare_feature_levels
 from .anchor_encoder import AnchorEncoder
 from .attention import InstanceAttention, self_attention_in_groups
 from .blocks import AsymmetricFFN
@@ -57,6 +57,31 @@ class Sparse4DHead(nn.Module):
         # replays read in place (an eager tensor would be copied into every layer's graph).
         self.decoder_layer = decoder_layer
         self.prepare_levels = prepare_feature_levels
+        # Opt-in (benchmarks/train_throughput.py --gradient-sink, not measured yet): the fused kernels'
+        # backwards add the packed-feature gradient into one persistent buffer per packed shape
+        # (`fused_aggregation.attach_gradient_sink`) instead of one buffer per layer summed by autograd.
+        self.gradient_sink = False
+        self._sinks: dict[tuple, Tensor] = {}
+
+    def sink_levels(self, levels: FeatureLevels) -> FeatureLevels:
+        """`levels` with a gradient sink attached when `gradient_sink` is on and a packed buffer needs a
+        gradient; else unchanged. The sink is allocated once per shape and keeps its address, which
+        CUDA-graph replays of the layers' backwards write to."""
+        if not (self.gradient_sink and isinstance(levels, PackedLevels) and levels.packed.requires_grad):
+            return levels
+        from .fused_aggregation import attach_gradient_sink
+
+        packed = levels.packed
+        key = (tuple(packed.shape), packed.dtype, packed.device)
+        sink = self._sinks.get(key)
+        if sink is None:
+            sink = torch.empty(packed.shape, dtype=packed.dtype, device=packed.device)
+            if sink.is_cuda:
+                from torch._dynamo import mark_static_address
+
+                mark_static_address(sink)
+            self._sinks[key] = sink
+        return attach_gradient_sink(levels, sink)
 
     @staticmethod
     def build_layers(

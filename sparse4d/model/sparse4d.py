@@ -404,7 +404,7 @@ class Sparse4D(nn.Module):
         image_wh = batch["image_wh"].to(device=device, dtype=torch.float32)
         gt_depth = batch["gt_depth"].to(device=device) if self.training and "gt_depth" in batch else None
         feats, levels, loss_depth = self.encode_images(img, projection_mat, gt_depth, mean=mean, std=std, grids=grids)
-        head_kwargs: dict[str, Any] = {"levels": levels}
+        head_kwargs: dict[str, Any] = {"levels": self.head.sink_levels(levels)}
         matcher = None
         if gt is not None:
             if pending_dn is not None:

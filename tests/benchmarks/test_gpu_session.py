@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 STAGES = ["warm", "kernel", "train", "ab --graphed-optimizer", "ab --losses-without-graphs", "ab-toggle denoising-costs graphed-optimizer", "ab --anchor-encoder branches",
           "ab-toggle anchor-encoder", "ab-toggle denoising-costs anchor-encoder", "trainer-ab --graphed-optimizer",
           "host-sample switch-interval solver-workers", "host-sample", "host-sample losses-graphs",
-          "ab --inductor combo_kernels=True", "ab --no-combo-kernels"]
+          "ab --inductor combo_kernels=True", "ab --no-combo-kernels", "ab --gradient-sink"]
 
 
 def planned_commands(stage: str, tmp_path: Path) -> list[list[str]]:

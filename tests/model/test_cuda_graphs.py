@@ -77,7 +77,8 @@ def _no_dropout(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @pytest.mark.gpu
-def test_reduce_overhead_compiled_head_trains_like_eager() -> None:
+@pytest.mark.parametrize("gradient_sink", [False, True], ids=["autograd-sums", "gradient-sink"])
+def test_reduce_overhead_compiled_head_trains_like_eager(gradient_sink: bool) -> None:
     """Head regions replayed from CUDA graphs (torch.compile mode="reduce-overhead") train like the eager
     model over streamed frames: the carried state and denoising groups must not alias graph outputs that
     the next step overwrites, and the fused kernel must not depend on where its inputs live.
@@ -95,6 +96,8 @@ def test_reduce_overhead_compiled_head_trains_like_eager() -> None:
     eager = _no_dropout(_model().cuda().train())
     compiled = copy.deepcopy(eager)
     compile_regions(compiled, mode="reduce-overhead", backbone=False)
+    # the sink: the layers' graphed backwards add into one persistent buffer (its address captured)
+    compiled.head.gradient_sink = gradient_sink
     for model in (eager, compiled):
         model.reset_temporal_state()
     for frame in range(4):
@@ -110,6 +113,7 @@ def test_reduce_overhead_compiled_head_trains_like_eager() -> None:
         assert torch.allclose(losses[0], losses[1], rtol=1e-3, atol=1e-4), (frame, losses)
         grads = [torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]) for m in (eager, compiled)]
         assert torch.linalg.vector_norm(grads[0] - grads[1]) <= 1e-3 * torch.linalg.vector_norm(grads[0]), frame
+    assert len(compiled.head._sinks) == int(gradient_sink)
 
 
 @pytest.mark.gpu

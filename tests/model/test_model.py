@@ -226,3 +226,36 @@ def test_packed_levels_feed_the_depth_loss(anchor_file: str, monkeypatch: pytest
     torch.testing.assert_close(loss_b, loss_a, rtol=1e-12, atol=1e-12)
     assert grad_a.abs().sum() > 0
     torch.testing.assert_close(grad_b, grad_a, rtol=1e-10, atol=1e-12)
+
+
+def test_a_gradient_sink_leaves_the_training_step_unchanged(anchor_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`head.gradient_sink` (opt-in) attaches a persistent sink to packed levels in training only. On
+    the CPU the reference aggregation reads the maps, so the sink stays zero and every gradient is
+    the one without it; the kernels' side is checked in the interpreter test."""
+    from sparse4d.model.aggregation import PackedLevels
+
+    torch.manual_seed(0)
+    model = Sparse4D.from_config(small_config(anchor_file), num_classes=3).train()
+    monkeypatch.setattr(model.head, "prepare_levels", lambda maps, fused: PackedLevels.pack(maps))
+    batch = synthetic_batch(2)
+    seen = []
+    results = []
+    for sink in (False, True):
+        model.head.gradient_sink = sink
+        model.reset_temporal_state()
+        model.zero_grad()
+        torch.manual_seed(1)  # the same denoising noise and GridMask
+        out = model(batch)
+        loss = model.loss(out, batch)["loss"]
+        loss.backward()
+        results.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+        seen.append(len(model.head._sinks))
+    assert seen == [0, 1]
+    (loss_a, grad_a), (loss_b, grad_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=1e-7)
+    assert grad_a.abs().sum() > 0
+    torch.testing.assert_close(grad_b, grad_a, rtol=1e-5, atol=1e-7)
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+    assert len(model.head._sinks) == 1  # no sink without gradients
