@@ -26,8 +26,9 @@ query's points can touch (`_camera_seen`) instead of running masked loads there.
 
 The levels are first copied into one flat channels-last (B, N, H, W, C) buffer, so the kernels
 address every level from one pointer by offsets that depend only on shapes (`pack_feature_levels`,
-once per head forward). The kernels run inside two `torch.library` custom ops (forward, backward), so
-torch.compile traces a whole decoder through them without a graph break.
+once per head forward). The kernels run inside `torch.library` custom ops (forward, backward, and
+the same pair for an opt-in gradient sink, below), so torch.compile traces a whole decoder through
+them without a graph break.
 
 This module imports on machines without CUDA or Triton; `enable_fused_aggregation()` then returns
 False and the grid_sample reference stays in use.
