@@ -41,11 +41,11 @@ def inductor_options(mode: str | None, combo_kernels: bool = True) -> dict[str, 
     import torch._inductor
     import torch._inductor.config
 
+    named = mode if mode != "default" else None  # list_mode_options(None) lists every mode
     if not combo_kernels or not hasattr(torch._inductor.config, "combo_kernels"):
-        return {"mode": mode} if mode not in (None, "default") else {}
-    options: dict[str, Any] = dict(torch._inductor.list_mode_options(mode)) if mode not in (None, "default") else {}
-    options["combo_kernels"] = True
-    return {"options": options}
+        return {"mode": named} if named else {}
+    options: dict[str, Any] = dict(torch._inductor.list_mode_options(named)) if named else {}
+    return {"options": {**options, "combo_kernels": True}}
 
 
 def compile_regions(model: nn.Module, mode: str | None = None, backbone: bool = True, backend: str = "inductor",

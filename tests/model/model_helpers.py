@@ -1,7 +1,12 @@
-"""Small model config, synthetic anchors and a synthetic two-camera batch for the model tests."""
+"""Small model config, synthetic anchors and a synthetic two-camera batch for the model tests; a runner
+for checks in Triton's interpreter."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -132,3 +137,11 @@ class RecordOps(TorchDispatchMode):
         kwargs = kwargs or {}
         self.calls.append((func, args, kwargs))
         return func(*args, **kwargs)
+
+
+def run_in_triton_interpreter(check: str, timeout: int) -> subprocess.CompletedProcess:
+    """Run the script `check` in a fresh Python with TRITON_INTERPRET=1 (the interpreter must be chosen
+    before the kernels are defined), with the repository importable."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
+    return subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=timeout)

@@ -5,12 +5,9 @@ Triton is installed. The interpreter must be chosen before the kernels are defin
 in a fresh interpreter process (TRITON_INTERPRET=1)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+
+from .model_helpers import run_in_triton_interpreter
 
 pytest.importorskip("triton")
 
@@ -54,7 +51,5 @@ print("ok")
 
 
 def test_kernels_match_the_reference_in_the_interpreter() -> None:
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
-    run = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=600)
+    run = run_in_triton_interpreter(CHECK, timeout=600)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]

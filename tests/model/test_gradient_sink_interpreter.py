@@ -4,12 +4,9 @@ the gradients of the plain kernels, summed by autograd, in both pixel-backward m
 compiled (AOTAutograd traces the ops through their fake implementations)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+
+from .model_helpers import run_in_triton_interpreter
 
 pytest.importorskip("triton")
 
@@ -80,7 +77,5 @@ print("ok")
 
 
 def test_a_gradient_sink_gives_the_summed_gradients_in_the_interpreter() -> None:
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
-    run = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=900)
+    run = run_in_triton_interpreter(CHECK, timeout=900)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
