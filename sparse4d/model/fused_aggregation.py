@@ -269,11 +269,25 @@ class _GradientSink(torch.autograd.Function):
     def forward(ctx, packed: Tensor, sink: Tensor) -> Tensor:  # type: ignore[override]
         sink.zero_()
         ctx.sink = sink
+        # which forward owns the sink now: its backward alone may hand the sink on
+        ctx.generation = _SINK_GENERATIONS[id(sink)] = _SINK_GENERATIONS.get(id(sink), 0) + 1
+        ctx.handed_on = False
         return packed.new_zeros(())
 
     @staticmethod
     def backward(ctx, grad_token: Tensor):  # type: ignore[override]
+        if ctx.handed_on or _SINK_GENERATIONS.get(id(ctx.sink)) != ctx.generation:
+            # a second backward through one graph (retain_graph), or the backward of a forward whose
+            # sink a later forward has zeroed and refilled: the sink holds other gradients too
+            raise RuntimeError(
+                "the gradient sink (head.gradient_sink) allows one backward per forward, run before the "
+                "next training forward; set model.head.gradient_sink = False for retain_graph or for "
+                "losses summed over several forwards")
+        ctx.handed_on = True
         return ctx.sink, None
+
+
+_SINK_GENERATIONS: dict[int, int] = {}  # id(sink) -> count of forwards that zeroed it (sinks live as long as their head)
 
 
 def attach_gradient_sink(levels: PackedLevels, sink: Tensor) -> PackedLevels:

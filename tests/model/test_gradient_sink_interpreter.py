@@ -79,3 +79,34 @@ print("ok")
 def test_a_gradient_sink_gives_the_summed_gradients_in_the_interpreter() -> None:
     run = run_in_triton_interpreter(CHECK, timeout=900)
     assert run.returncode == 0 and run.stdout.strip().endswith("ok"), run.stderr[-3000:]
+
+
+def _sunk_levels(maps, sink):
+    from sparse4d.model import fused_aggregation as fa
+    from sparse4d.model.aggregation import PackedLevels
+
+    return fa.attach_gradient_sink(PackedLevels.pack(maps), sink)
+
+
+def test_a_gradient_sink_refuses_a_backward_it_would_get_wrong() -> None:
+    """The sink is one buffer per head: a second backward through one graph, or one backward through
+    two forwards that shared it, would hand on gradients summed from both. They raise; one backward
+    per forward, in order, works (a forward whose graph is dropped unused is fine too)."""
+    import torch
+
+    maps = [torch.randn(1, 2, 4, 3, 5, requires_grad=True)]
+    sink = torch.empty(1 * 2 * 3 * 5 * 4)  # the packed buffer is flat
+
+    for _ in range(2):  # forward, backward; forward, backward
+        _sunk_levels(maps, sink).token.backward()
+    _sunk_levels(maps, sink)  # dropped without a backward
+    _sunk_levels(maps, sink).token.backward()
+
+    token = _sunk_levels(maps, sink).token
+    token.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward per forward"):
+        token.backward()
+
+    first, second = _sunk_levels(maps, sink).token, _sunk_levels(maps, sink).token
+    with pytest.raises(RuntimeError, match="head.gradient_sink = False"):
+        (first + second).backward()
