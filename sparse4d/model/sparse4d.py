@@ -282,15 +282,20 @@ class Sparse4D(nn.Module):
             img = hide_grid(img, grids)
         feats = self.extract_features(img)
         levels = self.head.prepare_levels(feats, self.head.prefers_fused())
+        if isinstance(levels, PackedLevels):
+            # Packed, every reader of the maps reads views of the packed copy: the depth head, the
+            # head's grid_sample fallback, and whoever gets this region's outputs. Its backward then
+            # has one gradient for all the maps, the packed one (channels-last). Returned as maps of
+            # their own, they were outputs nobody differentiates, and autograd handed the compiled
+            # backward a zero gradient for each (4 fills, 367 MB at the default config), summed into
+            # the FPN outputs' gradients. Session 18's H100 trace shows those sums converted by a
+            # copy before each output convolution's backward (1.35 ms a step): the suspect.
+            feats = levels.views()
+            levels = levels._replace(maps=feats)
         loss_depth = None
         if self.depth_branch is not None and gt_depth is not None and projection_mat is not None:
             focal = projection_mat.float()[..., 0, 0]
-            # Packed, the depth head reads the packed copy: its gradient joins the decoder layers' in
-            # the packed layout and each FPN output gets one channels-last gradient. Read from the
-            # maps, each output's two gradients were summed by Inductor in the other layout and
-            # converted back before the output convolution's backward (1.27 ms a step, H100).
-            depth_maps = levels.views() if isinstance(levels, PackedLevels) else feats
-            loss_depth = self.depth_branch.loss(self.depth_branch(depth_maps, focal), gt_depth.float())
+            loss_depth = self.depth_branch.loss(self.depth_branch(feats, focal), gt_depth.float())
         return feats, levels, loss_depth
 
     def _check_images(self, img: Tensor) -> None:

@@ -132,18 +132,23 @@ def test_decoder_layers_share_one_compiled_region(tmp_path: Path) -> None:
     dynamo.reset()
 
 
-def test_image_encoding_is_one_region_with_the_depth_loss(tmp_path: Path) -> None:
+@pytest.mark.parametrize("packed", [False, True], ids=["maps", "packed"])
+def test_image_encoding_is_one_region_with_the_depth_loss(tmp_path: Path, packed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """`encode_images` (normalisation of uint8 images, GridMask, backbone, neck, packed levels,
     dense-depth loss) traces as one graph without breaks; its features are the network's on the
-    normalised, masked images and its depth loss is the depth branch's loss on them."""
+    normalised, masked images and its depth loss is the depth branch's loss on them. Packed (the
+    fused kernel's buffer, as on CUDA) the maps it returns are views of the packed copy."""
     import torch._dynamo as dynamo
 
     from sparse4d.batch import normalized_images
+    from sparse4d.model.aggregation import PackedLevels
     from sparse4d.model.grid_mask import GridMask, hide_grid
     from tests.model.model_helpers import synthetic_batch, with_uint8_images
 
     torch.manual_seed(0)
     model = small_model(tmp_path).train()
+    if packed:
+        monkeypatch.setattr(model.head, "prepare_levels", lambda maps, fused: PackedLevels.pack(maps))
     batch = with_uint8_images(synthetic_batch(2, seed=3), 3)
     img, projection, gt_depth = batch["img"], batch["projection_mat"], batch["gt_depth"]
     mean, std = batch["img_mean"], batch["img_std"]
@@ -151,6 +156,9 @@ def test_image_encoding_is_one_region_with_the_depth_loss(tmp_path: Path) -> Non
     explained = dynamo.explain(model.encode_images)(img, projection, gt_depth, mean=mean, std=std, grids=grids)
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
     feats, levels, loss_depth = model.encode_images(img, projection, gt_depth, mean=mean, std=std, grids=grids)
+    assert isinstance(levels, PackedLevels) == packed
+    if packed:
+        assert all(f.untyped_storage().data_ptr() == levels.packed.untyped_storage().data_ptr() for f in [*feats, *levels.maps])
     network_input = hide_grid(normalized_images(batch), grids)
     assert bool((network_input == 0).any())  # the grid did hide pixels
     expected_feats = model.extract_features(network_input)
@@ -159,7 +167,7 @@ def test_image_encoding_is_one_region_with_the_depth_loss(tmp_path: Path) -> Non
     expected = model.depth_branch.loss(model.depth_branch(expected_feats, projection[..., 0, 0]), gt_depth)
     assert loss_depth is not None and float(loss_depth.detach()) > 0
     torch.testing.assert_close(loss_depth, expected, rtol=0, atol=0)
-    assert levels is feats  # on the CPU the maps themselves: packed only for the fused CUDA kernel
+    assert (levels.maps if packed else levels) is feats  # unpacked (the CPU): the maps themselves
     assert model.encode_images(normalized_images(batch))[2] is None  # float images, no targets: no depth loss
 
 

@@ -216,10 +216,13 @@ def test_packed_levels_feed_the_depth_loss(anchor_file: str, monkeypatch: pytest
         if pack:
             monkeypatch.setattr(model.head, "prepare_levels", lambda maps, fused: PackedLevels.pack(maps))
         model.zero_grad()
-        _, levels, loss_depth = model.encode_images(img, proj, gt_depth)
+        feats, levels, loss_depth = model.encode_images(img, proj, gt_depth)
         assert isinstance(levels, PackedLevels) == pack
         if pack:  # read from the packed copy (else autograd.grad finds the buffer unused)
             assert torch.autograd.grad(loss_depth, levels.packed, retain_graph=True)[0].abs().sum() > 0
+            # and the maps leave as views of it: a compiled region gets no gradient of its own for them
+            packed_storage = levels.packed.untyped_storage().data_ptr()
+            assert all(m.untyped_storage().data_ptr() == packed_storage for m in [*feats, *levels.maps])
         loss_depth.backward()
         results.append((loss_depth.detach(), model.backbone.conv1.weight.grad.clone()))
     (loss_a, grad_a), (loss_b, grad_b) = results
@@ -228,10 +231,37 @@ def test_packed_levels_feed_the_depth_loss(anchor_file: str, monkeypatch: pytest
     torch.testing.assert_close(grad_b, grad_a, rtol=1e-10, atol=1e-12)
 
 
+def test_packed_levels_train_like_the_maps(anchor_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training step with packed levels (the maps handed on as views of the packed copy; on the CPU
+    the reference aggregation reads them) gives the loss and gradients of one with plain maps."""
+    from sparse4d.model.aggregation import PackedLevels
+
+    torch.manual_seed(0)
+    model = Sparse4D.from_config(small_config(anchor_file), num_classes=3).train()
+    batch = synthetic_batch(2)
+    results = []
+    for pack in (False, True):
+        if pack:
+            monkeypatch.setattr(model.head, "prepare_levels", lambda maps, fused: PackedLevels.pack(maps))
+        model.reset_temporal_state()
+        model.zero_grad()
+        torch.manual_seed(1)  # the same denoising noise and GridMask
+        out = model(batch)
+        loss = model.loss(out, batch)["loss"]
+        loss.backward()
+        results.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+    (loss_a, grad_a), (loss_b, grad_b) = results
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=1e-7)
+    assert model.backbone.conv1.weight.grad.abs().sum() > 0
+    # float32 sums in another order: differences near 1e-6 where the largest gradients are near 1
+    torch.testing.assert_close(grad_b, grad_a, rtol=1e-4, atol=1e-5 * float(grad_a.abs().max()))
+
+
 def test_a_gradient_sink_leaves_the_training_step_unchanged(anchor_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """`head.gradient_sink` (opt-in) attaches a persistent sink to packed levels in training only. On
-    the CPU the reference aggregation reads the maps, so the sink stays zero and every gradient is
-    the one without it; the kernels' side is checked in the interpreter test."""
+    the CPU the reference aggregation reads the maps (views of the packed copy, not detached), so the
+    sink stays zero and every gradient is the one without it; the kernels' side is checked in the
+    interpreter test."""
     from sparse4d.model.aggregation import PackedLevels
 
     torch.manual_seed(0)
