@@ -5,8 +5,8 @@
 # everything printed before.
 #
 #   bash benchmarks/gpu_session.sh warm               # a fresh machine's first call: compiles the default training
-#                                                     # step once (about 7.5 minutes on a fresh H100 since the regions
-#                                                     # use combo kernels), so the next calls reuse Inductor's caches
+#                                                     # step once (its two compiling steps took 348-443 s on a fresh H100
+#                                                     # since the regions use combo kernels), so the next calls reuse Inductor's caches
 #                                                     # on disk and have their time for measuring
 #   bash benchmarks/gpu_session.sh tests              # GPU-marked tests of the kernels and the model
 #   bash benchmarks/gpu_session.sh tests-train        # GPU-marked trainer tests (Lightning, compiled regions; slow)
