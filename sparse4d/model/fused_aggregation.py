@@ -347,13 +347,16 @@ _aggregate_packed_sinking.register_autograd(_sinking_backward, setup_context=_sa
 
 @torch.compiler.disable  # host-side table building: pinned copies and capture checks do not trace
 def _table_tensor(rows: list[list[int]], device: torch.device) -> Tensor:
-    """The level table on `device` without stalling the host.
+    """The level table on `device`: the one `keep_level_table` kept for these rows, else a new one.
 
-    Eagerly: a pinned, non-blocking copy (a pageable one would wait for the GPU to go idle). While a
-    CUDA graph is being captured: fill kernels carrying the values as arguments, because a captured
-    copy would re-read, at every replay, a pinned host buffer that is freed right after capture.
-    The values depend only on the feature maps' shapes.
+    A new one, eagerly, is a pinned, non-blocking copy (a pageable one would wait for the GPU to go
+    idle). While a CUDA graph is being captured it is one fill kernel per entry, carrying the values
+    as arguments (16 per call at the default config, 192 tiny kernels a training step), because
+    a captured copy would re-read, at every replay, a pinned host buffer freed right after capture.
     """
+    table = _KEPT_TABLES.get((_table_key(rows), device))
+    if table is not None:
+        return table
     if device.type != "cuda":
         return torch.tensor(rows, dtype=torch.int64, device=device)
     if torch.cuda.is_current_stream_capturing():
@@ -363,6 +366,34 @@ def _table_tensor(rows: list[list[int]], device: torch.device) -> Tensor:
                 table[i, j].fill_(value)
         return table
     return torch.tensor(rows, dtype=torch.int64).pin_memory().to(device, non_blocking=True)
+
+
+def keep_level_table(levels: PackedLevels) -> None:
+    """Build once and keep the level table of `levels`' shape, for every later kernel call on them.
+
+    Call it from eager code (the model's forward between compiled regions). The kept table is then
+    what a CUDA-graph-captured call reads, with no fill kernels. Inside a compiled region the first
+    call may run in a CUDA-graph memory pool, whose memory the graphs reuse, so the table is made
+    here and not there. It is copied once and waited for once, the first step of a shape, so that
+    reads on any stream see its values.
+    """
+    if not levels.maps:
+        return
+    b, n, c = levels.maps[0].shape[:3]
+    rows, _ = _level_rows(levels.level_hw, b, n, c)
+    device = levels.packed.device
+    key = (_table_key(rows), device)
+    if key in _KEPT_TABLES:
+        return
+    table = torch.tensor(rows, dtype=torch.int64, device=device)  # a pageable copy: waits for the GPU, once
+    _KEPT_TABLES[key] = table
+
+
+def _table_key(rows: list[list[int]]) -> tuple:
+    return tuple(tuple(row) for row in rows)
+
+
+_KEPT_TABLES: dict[tuple, Tensor] = {}  # (rows, device) -> level table; a few shapes per process
 
 
 def _next_pow2(x: int) -> int:

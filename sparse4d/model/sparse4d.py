@@ -409,6 +409,10 @@ class Sparse4D(nn.Module):
         image_wh = batch["image_wh"].to(device=device, dtype=torch.float32)
         gt_depth = batch["gt_depth"].to(device=device) if self.training and "gt_depth" in batch else None
         feats, levels, loss_depth = self.encode_images(img, projection_mat, gt_depth, mean=mean, std=std, grids=grids)
+        if isinstance(levels, PackedLevels):  # here, between compiled regions: see keep_level_table
+            from .fused_aggregation import keep_level_table
+
+            keep_level_table(levels)
         head_kwargs: dict[str, Any] = {"levels": self.head.sink_levels(levels)}
         matcher = None
         if gt is not None:

@@ -37,6 +37,24 @@ def test_level_table_addresses_each_level_after_the_previous_one() -> None:
     assert rows == [[0, 7, 9, 0], [2 * 3 * 7 * 9 * 16, 3, 2, 2 * 3 * 7 * 9]]
 
 
+def test_a_kept_level_table_is_what_the_kernels_read() -> None:
+    """`keep_level_table` builds a shape's table once (from eager code), and every later call for
+    that shape gets that tensor: a CUDA graph then reads it instead of capturing a fill kernel per
+    entry. A shape without a kept table gets a new one each call."""
+    from sparse4d.model.aggregation import PackedLevels
+
+    maps = [torch.zeros(2, 3, 16, 7, 9), torch.zeros(2, 3, 16, 3, 2)]
+    rows, _ = fused_aggregation._level_rows([7, 9, 3, 2], batch=2, cams=3, channels=16)
+    cpu = torch.device("cpu")
+    assert fused_aggregation._table_tensor(rows, cpu) is not fused_aggregation._table_tensor(rows, cpu)
+    fused_aggregation.keep_level_table(PackedLevels.pack(maps))
+    table = fused_aggregation._table_tensor(rows, cpu)
+    assert table.tolist() == rows and table.dtype == torch.int64
+    assert fused_aggregation._table_tensor([list(row) for row in rows], cpu) is table
+    other, _ = fused_aggregation._level_rows([7, 9, 3, 2], batch=1, cams=3, channels=16)
+    assert fused_aggregation._table_tensor(other, cpu).tolist() == other
+
+
 def test_maps_the_kernel_cannot_read_stay_unpacked() -> None:
     on_cpu = [torch.zeros(1, 2, 16, 5, 7)]
     assert fused_aggregation.pack_feature_levels(on_cpu) is on_cpu
