@@ -231,6 +231,17 @@ def test_packed_levels_feed_the_depth_loss(anchor_file: str, monkeypatch: pytest
     torch.testing.assert_close(grad_b, grad_a, rtol=1e-10, atol=1e-12)
 
 
+def _fresh_training_step(model: Sparse4D, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, every parameter gradient flattened) of one first-frame training step, with the same
+    denoising noise and GridMask on every call."""
+    model.reset_temporal_state()
+    model.zero_grad()
+    torch.manual_seed(1)
+    loss = model.loss(model(batch), batch)["loss"]
+    loss.backward()
+    return loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
 def test_packed_levels_train_like_the_maps(anchor_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """A training step with packed levels (the maps handed on as views of the packed copy; on the CPU
     the reference aggregation reads them) gives the loss and gradients of one with plain maps."""
@@ -243,13 +254,7 @@ def test_packed_levels_train_like_the_maps(anchor_file: str, monkeypatch: pytest
     for pack in (False, True):
         if pack:
             monkeypatch.setattr(model.head, "prepare_levels", lambda maps, fused: PackedLevels.pack(maps))
-        model.reset_temporal_state()
-        model.zero_grad()
-        torch.manual_seed(1)  # the same denoising noise and GridMask
-        out = model(batch)
-        loss = model.loss(out, batch)["loss"]
-        loss.backward()
-        results.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+        results.append(_fresh_training_step(model, batch))
     (loss_a, grad_a), (loss_b, grad_b) = results
     torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=1e-7)
     assert model.backbone.conv1.weight.grad.abs().sum() > 0
@@ -272,13 +277,7 @@ def test_a_gradient_sink_leaves_the_training_step_unchanged(anchor_file: str, mo
     results = []
     for sink in (False, True):
         model.head.gradient_sink = sink
-        model.reset_temporal_state()
-        model.zero_grad()
-        torch.manual_seed(1)  # the same denoising noise and GridMask
-        out = model(batch)
-        loss = model.loss(out, batch)["loss"]
-        loss.backward()
-        results.append((loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])))
+        results.append(_fresh_training_step(model, batch))
         seen.append(len(model.head._sinks))
     assert seen == [0, 1]
     (loss_a, grad_a), (loss_b, grad_b) = results
